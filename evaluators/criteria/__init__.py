@@ -1,0 +1,56 @@
+"""Importance criteria: one pure function per criterion, one signature, one registry.
+
+A criterion maps a dense timm ViT to :class:`~vitprune.spaces.Scores` (higher = keep)::
+
+    def criterion(model, *, base, data=None, **options) -> Scores
+
+``data`` is an iterable of ``(images, labels)`` calibration batches for data-driven criteria and
+``None`` for weight-only ones.
+
+>>> scores = get_criterion("magnitude")(model, base=base)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from torch import nn
+from vitprune.spaces import Architecture, InputError, Scores
+
+
+class Criterion(Protocol):
+    def __call__(
+        self, model: nn.Module, *, base: Architecture, data: Any = None, **options: Any
+    ) -> Scores: ...
+
+
+_CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+    """Register a criterion under ``name``; registering a name twice is an error."""
+
+    def register(fn: Criterion) -> Criterion:
+        if name in _CRITERIA:
+            raise ValueError(f"criterion {name!r} is already registered (by {_CRITERIA[name].__module__})")
+        _CRITERIA[name] = fn
+        return fn
+
+    return register
+
+
+def get_criterion(name: str) -> Criterion:
+    """The criterion registered as ``name``."""
+    try:
+        return _CRITERIA[name]
+    except KeyError:
+        raise InputError(f"criterion {name!r}: unknown (known: {', '.join(criterion_names())})") from None
+
+
+def criterion_names() -> list[str]:
+    return sorted(_CRITERIA)
+
+
+# Importing the modules registers their criteria.
+from vitprune.evaluators.criteria import magnitude  # noqa: E402, F401

@@ -1,0 +1,408 @@
+"""The pruning policy: an immutable, versioned, self-contained description of a pruned ViT.
+
+A policy names the dense timm model it prunes (:class:`Architecture`) and, for every block, what
+survives (:class:`LayerPolicy`): the attention sub-layer or not, the kept heads, per kept head the
+kept query/key dims (the same indices for q and k, so the kept part of every attention score is
+preserved exactly) and the kept value dims, the MLP activation or not, the kept MLP neurons, and
+how many patch tokens survive.
+
+Token pruning sits between a block's attention and its MLP (as in EViT): ``keep_tokens`` of layer
+``l`` is the number of patch tokens that layer ``l``'s MLP and every later layer see, chosen by the
+class token's attention in layer ``l``. Prefix tokens (class, distillation, register) are always kept.
+
+>>> policy = Policy.keep_all(base)                  # doctest: +SKIP
+>>> Policy.from_json(policy.to_json()) == policy    # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+from vitprune.spaces.errors import PolicyError
+
+FORMAT = "vitprune.policy/1"
+
+MlpForm = Literal["removed", "gelu", "linear", "merged"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The dense timm ViT that a policy prunes: enough to rebuild it with timm and to cost it.
+
+    Attributes:
+        model: timm model name, e.g. ``"deit_small_patch16_224"``.
+        model_args: keyword arguments for ``timm.create_model`` that rebuild the same model
+            (image size, class count and any overrides), JSON values only.
+        embed_dim: token width ``D``.
+        depth: number of blocks.
+        num_heads: heads per block in the dense model.
+        head_dim: width of one head in the dense model; the attention scale stays ``head_dim**-0.5``.
+        mlp_hidden: hidden width of the dense MLP.
+        in_chans: image channels.
+        patch_size: ``(h, w)`` of one patch.
+        grid_size: ``(rows, cols)`` of the patch grid.
+        num_prefix_tokens: class + distillation + register tokens in front of the patches.
+        class_token: whether token 0 is a class token (needed for token pruning).
+        num_classes: classifier outputs (0: no classifier).
+        num_classifiers: classifier heads (2 for distilled DeiT).
+        global_pool: timm pooling, ``"token"`` or ``"avg"``.
+        qkv_bias, proj_bias, mlp_bias, patch_bias, norm_bias: which layers carry biases.
+        layer_scale: whether blocks carry LayerScale vectors.
+        pos_embed_len: rows of the learned position embedding (0: none).
+        pre_norm: whether a norm runs before the blocks (CLIP style).
+        final_norm: whether a norm runs after the blocks (before or after pooling).
+    """
+
+    model: str
+    model_args: dict[str, Any]
+    embed_dim: int
+    depth: int
+    num_heads: int
+    head_dim: int
+    mlp_hidden: int
+    in_chans: int
+    patch_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    num_prefix_tokens: int
+    class_token: bool
+    num_classes: int
+    num_classifiers: int
+    global_pool: str
+    qkv_bias: bool
+    proj_bias: bool
+    mlp_bias: bool
+    patch_bias: bool
+    norm_bias: bool
+    layer_scale: bool
+    pos_embed_len: int
+    pre_norm: bool
+    final_norm: bool
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def attn_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def scale(self) -> float:
+        """The attention scale of the dense model, kept by every pruned layer."""
+        return self.head_dim**-0.5
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """What survives in one block. Index lists are strictly increasing.
+
+    Attributes:
+        attention: whether the attention sub-layer is kept (if not, a pure residual remains).
+        heads: kept head indices of the dense layer.
+        qk: per kept head, the kept query/key dims (pruned jointly).
+        v: per kept head, the kept value dims.
+        activation: whether the MLP activation is kept (if not, fc1 and fc2 fold into a linear map).
+        mlp: kept MLP hidden neurons (empty: the MLP sub-layer is removed).
+        keep_tokens: patch tokens kept from this layer's MLP on.
+    """
+
+    attention: bool
+    heads: tuple[int, ...]
+    qk: tuple[tuple[int, ...], ...]
+    v: tuple[tuple[int, ...], ...]
+    activation: bool
+    mlp: tuple[int, ...]
+    keep_tokens: int
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    @property
+    def qk_dim(self) -> int:
+        return len(self.qk[0]) if self.qk else 0
+
+    @property
+    def v_dim(self) -> int:
+        return len(self.v[0]) if self.v else 0
+
+    @property
+    def mlp_hidden(self) -> int:
+        return len(self.mlp)
+
+    def mlp_form(self, embed_dim: int) -> MlpForm:
+        """How the MLP is built: ``gelu`` (dense form), ``linear`` (fc1, fc2, no activation),
+        ``merged`` (one ``Linear(D, D)``; cheaper when more than ``D/2`` neurons are kept) or
+        ``removed``."""
+        if not self.mlp:
+            return "removed"
+        if self.activation:
+            return "gelu"
+        return "merged" if 2 * len(self.mlp) > embed_dim else "linear"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A pruned ViT: the dense base plus one :class:`LayerPolicy` per block. Validates itself."""
+
+    base: Architecture
+    layers: tuple[LayerPolicy, ...]
+    format: ClassVar[str] = FORMAT
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def keep_all(cls, base: Architecture) -> Policy:
+        """The policy that keeps everything: applied, it reproduces the dense model."""
+        layer = LayerPolicy(
+            attention=True,
+            heads=tuple(range(base.num_heads)),
+            qk=(tuple(range(base.head_dim)),) * base.num_heads,
+            v=(tuple(range(base.head_dim)),) * base.num_heads,
+            activation=True,
+            mlp=tuple(range(base.mlp_hidden)),
+            keep_tokens=base.num_patches,
+        )
+        return cls(base=base, layers=(layer,) * base.depth)
+
+    @property
+    def tokens_in(self) -> tuple[int, ...]:
+        """Patch tokens entering each layer (before its own token pruning)."""
+        entering = [self.base.num_patches]
+        entering += [layer.keep_tokens for layer in self.layers[:-1]]
+        return tuple(entering)
+
+    def is_keep_all(self) -> bool:
+        return self == Policy.keep_all(self.base)
+
+    # -- JSON -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        base = {f.name: _plain(getattr(self.base, f.name)) for f in fields(Architecture)}
+        layers = [
+            {f.name: _plain(getattr(layer, f.name)) for f in fields(LayerPolicy)} for layer in self.layers
+        ]
+        return {"format": FORMAT, "base": base, "layers": layers}
+
+    def to_json(self) -> str:
+        """Canonical JSON: the base indented, one line per layer. ``from_json`` inverts it exactly."""
+        doc = self.to_dict()
+        head = json.dumps({"format": doc["format"], "base": doc["base"]}, indent=2)
+        layers = ",\n    ".join(json.dumps(layer, separators=(", ", ": ")) for layer in doc["layers"])
+        return f'{head[:-2]},\n  "layers": [\n    {layers}\n  ]\n}}\n'
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Policy:
+        """Parse a policy document; raises :class:`PolicyError` naming the offending field."""
+        reader = _Reader()
+        if not isinstance(doc, dict):
+            raise PolicyError("policy: expected a JSON object")
+        if doc.get("format") != FORMAT:
+            raise PolicyError(f"format: expected {FORMAT!r}, got {doc.get('format')!r}")
+        reader.no_extra(doc, {"format", "base", "layers"}, "")
+        base = reader.architecture(doc.get("base"), "base")
+        layers = doc.get("layers")
+        if not isinstance(layers, list):
+            raise PolicyError("layers: expected a list with one entry per block")
+        return cls(
+            base=base, layers=tuple(reader.layer(layer, f"layers[{i}]") for i, layer in enumerate(layers))
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PolicyError(f"policy: not valid JSON ({error})") from None
+        return cls.from_dict(doc)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists (recursively) so that the JSON reads naturally."""
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+def _check_indices(indices: tuple[int, ...], *, size: int, what: str, where: str) -> None:
+    for index in indices:
+        if not 0 <= index < size:
+            raise PolicyError(f"{where}: index {index} out of range for {size} {what}")
+    for first, second in itertools.pairwise(indices):
+        if second <= first:
+            raise PolicyError(f"{where}: indices must be strictly increasing, got {first} then {second}")
+
+
+def _validate(policy: Policy) -> None:
+    base = policy.base
+    if len(policy.layers) != base.depth:
+        raise PolicyError(f"layers: expected {base.depth} entries (base.depth), got {len(policy.layers)}")
+    if base.num_patches < 1:
+        raise PolicyError("base.grid_size: the patch grid must hold at least one patch")
+    for name in ("embed_dim", "depth", "num_heads", "head_dim", "mlp_hidden", "in_chans"):
+        if getattr(base, name) < 1:
+            raise PolicyError(f"base.{name}: must be >= 1, got {getattr(base, name)}")
+    tokens = base.num_patches
+    for i, layer in enumerate(policy.layers):
+        where = f"layers[{i}]"
+        _check_indices(layer.heads, size=base.num_heads, what="heads", where=f"{where}.heads")
+        if layer.attention and not layer.heads:
+            raise PolicyError(f"{where}.heads: a kept attention layer needs at least one head")
+        if not layer.attention and (layer.heads or layer.qk or layer.v):
+            raise PolicyError(
+                f"{where}.heads: must be empty when attention is false (got {len(layer.heads)})"
+            )
+        for name in ("qk", "v"):
+            per_head = getattr(layer, name)
+            if len(per_head) != len(layer.heads):
+                raise PolicyError(
+                    f"{where}.{name}: expected one index list per kept head ({len(layer.heads)}), "
+                    f"got {len(per_head)}"
+                )
+            for h, indices in enumerate(per_head):
+                _check_indices(indices, size=base.head_dim, what="head dims", where=f"{where}.{name}[{h}]")
+                if not indices:
+                    raise PolicyError(f"{where}.{name}[{h}]: a kept head needs at least one dim")
+                if len(indices) != len(per_head[0]):
+                    raise PolicyError(
+                        f"{where}.{name}[{h}]: keeps {len(indices)} dims but {name}[0] keeps "
+                        f"{len(per_head[0])}; all heads of a layer keep the same number"
+                    )
+        _check_indices(layer.mlp, size=base.mlp_hidden, what="MLP neurons", where=f"{where}.mlp")
+        if not 1 <= layer.keep_tokens <= tokens:
+            raise PolicyError(
+                f"{where}.keep_tokens: must be in [1, {tokens}] (the patch tokens entering this layer), "
+                f"got {layer.keep_tokens}"
+            )
+        if layer.keep_tokens < tokens and not layer.attention:
+            raise PolicyError(
+                f"{where}.keep_tokens: tokens are ranked by this layer's attention, which is removed; "
+                f"keep {tokens} here and prune at a layer with attention"
+            )
+        if layer.keep_tokens < tokens and not base.class_token:
+            raise PolicyError(
+                f"{where}.keep_tokens: token pruning needs a class token, and {base.model} has none"
+            )
+        tokens = layer.keep_tokens
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to a JSON document that reports the exact path of what is wrong."""
+
+    def no_extra(self, doc: dict[str, Any], allowed: set[str], where: str) -> None:
+        extra = sorted(set(doc) - allowed)
+        if extra:
+            prefix = f"{where}." if where else ""
+            raise PolicyError(f"{prefix}{extra[0]}: unknown field (known: {', '.join(sorted(allowed))})")
+
+    def get(self, doc: dict[str, Any], key: str, where: str) -> Any:
+        if key not in doc:
+            raise PolicyError(f"{where}.{key}: missing")
+        return doc[key]
+
+    def integer(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PolicyError(f"{where}: expected an integer, got {json.dumps(value)}")
+        return value
+
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise PolicyError(f"{where}: expected true or false, got {json.dumps(value)}")
+        return value
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise PolicyError(f"{where}: expected a string, got {json.dumps(value)}")
+        return value
+
+    def integers(self, value: Any, where: str) -> tuple[int, ...]:
+        if not isinstance(value, list):
+            raise PolicyError(f"{where}: expected a list of integers, got {json.dumps(value)[:40]}")
+        return tuple(self.integer(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+    def pair(self, value: Any, where: str) -> tuple[int, int]:
+        pair = self.integers(value, where)
+        if len(pair) != 2:
+            raise PolicyError(f"{where}: expected two integers, got {len(pair)}")
+        return pair[0], pair[1]
+
+    def architecture(self, doc: Any, where: str) -> Architecture:
+        if not isinstance(doc, dict):
+            raise PolicyError(f"{where}: expected an object describing the dense model")
+        self.no_extra(doc, {f.name for f in fields(Architecture)}, where)
+        values: dict[str, Any] = {}
+        for f in fields(Architecture):
+            value = self.get(doc, f.name, where)
+            path = f"{where}.{f.name}"
+            if f.type == "str":
+                values[f.name] = self.string(value, path)
+            elif f.type == "int":
+                values[f.name] = self.integer(value, path)
+            elif f.type == "bool":
+                values[f.name] = self.boolean(value, path)
+            elif f.type == "tuple[int, int]":
+                values[f.name] = self.pair(value, path)
+            elif isinstance(value, dict):
+                values[f.name] = value
+            else:
+                raise PolicyError(f"{path}: expected an object of timm.create_model arguments")
+        return Architecture(**values)
+
+    def layer(self, doc: Any, where: str) -> LayerPolicy:
+        if not isinstance(doc, dict):
+            raise PolicyError(f"{where}: expected an object")
+        self.no_extra(doc, {f.name for f in fields(LayerPolicy)}, where)
+        per_head = {}
+        for name in ("qk", "v"):
+            value = self.get(doc, name, where)
+            if not isinstance(value, list):
+                raise PolicyError(f"{where}.{name}: expected a list of index lists, one per kept head")
+            per_head[name] = tuple(
+                self.integers(item, f"{where}.{name}[{h}]") for h, item in enumerate(value)
+            )
+        return LayerPolicy(
+            attention=self.boolean(self.get(doc, "attention", where), f"{where}.attention"),
+            heads=self.integers(self.get(doc, "heads", where), f"{where}.heads"),
+            qk=per_head["qk"],
+            v=per_head["v"],
+            activation=self.boolean(self.get(doc, "activation", where), f"{where}.activation"),
+            mlp=self.integers(self.get(doc, "mlp", where), f"{where}.mlp"),
+            keep_tokens=self.integer(self.get(doc, "keep_tokens", where), f"{where}.keep_tokens"),
+        )
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the policy file (structure and types; ranges depend on ``base``).
+
+    Generated from the dataclasses with pydantic so that it cannot drift from the code; the copy
+    shipped as ``policy.schema.json`` is checked against it by the tests.
+    """
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(_PolicyDocument).json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://vitprune.dev/schemas/policy-1.json"
+    schema["title"] = "vitprune pruning policy"
+    return schema
+
+
+@dataclass(frozen=True)
+class _PolicyDocument:
+    """The policy file as a document: the shape :meth:`Policy.to_dict` writes."""
+
+    format: Literal["vitprune.policy/1"]
+    base: Architecture
+    layers: list[LayerPolicy] = field(default_factory=list)

@@ -1,0 +1,68 @@
+"""Reference computations for surgery tests: the dense timm model with masks, and an explicit
+forward pass (full attention matrices, explicit top-k gather) written independently of vitprune."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from vitprune.spaces import Policy
+
+
+def masked_dense(model: nn.Module, policy: Policy) -> nn.Module:
+    """A copy of the dense model whose pruned units are zeroed instead of removed.
+
+    Pruned q/k dims and v dims get zero rows in ``qkv`` (so they add nothing to scores or outputs),
+    removed heads get zero value rows, removed neurons zero ``fc1`` rows (GELU(0) = 0), and a removed
+    activation becomes ``nn.Identity`` (the unmerged activation-free MLP).
+    """
+    masked = copy.deepcopy(model)
+    base = policy.base
+    hd, width = base.head_dim, base.attn_dim
+    with torch.no_grad():
+        for block, layer in zip(masked.blocks, policy.layers, strict=True):
+            keep_q = torch.zeros(width, dtype=torch.bool)
+            keep_v = torch.zeros(width, dtype=torch.bool)
+            for h, qk_dims, v_dims in zip(layer.heads, layer.qk, layer.v, strict=True):
+                keep_q[[h * hd + d for d in qk_dims]] = True
+                keep_v[[h * hd + d for d in v_dims]] = True
+            keep_rows = torch.cat([keep_q, keep_q, keep_v])
+            block.attn.qkv.weight[~keep_rows] = 0
+            if block.attn.qkv.bias is not None:
+                block.attn.qkv.bias[~keep_rows] = 0
+            keep_n = torch.zeros(base.mlp_hidden, dtype=torch.bool)
+            keep_n[list(layer.mlp)] = True
+            block.mlp.fc1.weight[~keep_n] = 0
+            if block.mlp.fc1.bias is not None:
+                block.mlp.fc1.bias[~keep_n] = 0
+            if not layer.activation:
+                block.mlp.act = nn.Identity()
+    return masked
+
+
+def reference_forward(model: nn.Module, policy: Policy, x: torch.Tensor) -> torch.Tensor:
+    """Explicit forward of a (masked) dense timm ViT following ``policy``'s depth and token choices."""
+    base = policy.base
+    prefix = base.num_prefix_tokens
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    tokens = base.num_patches
+    for block, layer in zip(model.blocks, policy.layers, strict=True):
+        if layer.attention:
+            attn = block.attn
+            y = block.norm1(x)
+            B, N, C = y.shape
+            qkv = attn.qkv(y).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            out = (weights @ v).transpose(1, 2).reshape(B, N, C)
+            x = x + block.ls1(attn.proj(out))
+            if layer.keep_tokens < tokens:
+                cls = weights[:, list(layer.heads), 0, prefix:].mean(dim=1)  # kept heads only
+                index = cls.topk(layer.keep_tokens, dim=1).indices + prefix
+                rows = torch.arange(B).unsqueeze(1)
+                x = torch.cat([x[:, :prefix], x[rows, index]], dim=1)
+        tokens = layer.keep_tokens
+        if layer.mlp:
+            x = x + block.ls2(block.mlp(block.norm2(x)))
+    return model.forward_head(model.norm(x))

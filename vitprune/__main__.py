@@ -1,0 +1,5 @@
+import sys
+
+from vitprune.cli import main
+
+sys.exit(main())
