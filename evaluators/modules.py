@@ -100,32 +100,60 @@ def cls_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
 
 
 class KeepTokens(nn.Module):
-    """Keeps the prefix tokens and the ``keep`` patch tokens the class token attends to most.
+    """Keeps the prefix tokens and the ``keep`` most important patch tokens.
 
-    Shapes: ``x`` is ``(B, N, D)``, ``cls_attention`` ``(B, N)``; returns ``(B, prefix + keep, D)``.
+    Importance is the class token's attention over the current patch tokens, optionally fused with
+    an offline per-position prior (STAR): ``fusion · online + (1 − fusion) · prior[position]``, both
+    renormalised over the current patches. ``positions`` are the grid positions of the current patch
+    tokens (``None``: all patches, in grid order) and are returned updated.
+
+    Shapes: ``x`` ``(B, N, D)``; ``positions`` ``(B, N − prefix)`` or ``None``; ``cls_attention``
+    ``(B, N)``; returns ``(B, prefix + keep, D)`` and ``(B, keep)``.
     """
 
-    def __init__(self, keep: int, *, num_prefix_tokens: int) -> None:
+    def __init__(
+        self,
+        keep: int,
+        *,
+        num_prefix_tokens: int,
+        prior: Tensor | None = None,
+        fusion: float = 1.0,
+    ) -> None:
         super().__init__()
         self.keep = keep
         self.num_prefix_tokens = num_prefix_tokens
+        self.fusion = fusion
+        self.register_buffer("prior", prior)
 
-    def forward(self, x: Tensor, cls_attention: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, positions: Tensor | None, cls_attention: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         assert cls_attention is not None, "KeepTokens needs an attention that scores tokens"
         prefix = self.num_prefix_tokens
-        index = cls_attention[:, prefix:].topk(self.keep, dim=1).indices + prefix
-        patches = x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return torch.cat([x[:, :prefix], patches], dim=1)
+        if positions is None:
+            positions = torch.arange(x.shape[1] - prefix, device=x.device).expand(x.shape[0], -1)
+        score = cls_attention[:, prefix:]
+        if self.prior is not None:
+            prior = self.prior[positions]
+            score = self.fusion * score / score.sum(-1, keepdim=True) + (1 - self.fusion) * prior / prior.sum(
+                -1, keepdim=True
+            )
+        index = score.topk(self.keep, dim=1).indices
+        patches = x.gather(1, (index + prefix).unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return torch.cat([x[:, :prefix], patches], dim=1), positions.gather(1, index)
 
     def extra_repr(self) -> str:
-        return f"keep={self.keep}, num_prefix_tokens={self.num_prefix_tokens}"
+        fused = f", fusion={self.fusion:.3g}" if self.prior is not None else ""
+        return f"keep={self.keep}, num_prefix_tokens={self.num_prefix_tokens}{fused}"
 
 
 class KeepAllTokens(nn.Module):
     """The no-op token selection of layers that do not prune tokens."""
 
-    def forward(self, x: Tensor, cls_attention: Tensor | None) -> Tensor:
-        return x
+    def forward(
+        self, x: Tensor, positions: Tensor | None, cls_attention: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        return x, positions
 
 
 class AttentionLayer(nn.Module):
@@ -147,9 +175,16 @@ class AttentionLayer(nn.Module):
         self.drop_path = drop_path
         self.tokens = tokens
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor | None]:
         out, cls_attn = self.attn(self.norm(x))
-        return self.tokens(x + self.drop_path(self.ls(out)), cls_attn)
+        return self.tokens(x + self.drop_path(self.ls(out)), positions, cls_attn)
+
+
+class NoAttention(nn.Module):
+    """A removed attention sub-layer: the residual stream passes through unchanged."""
+
+    def forward(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return x, positions
 
 
 class MlpLayer(nn.Module):
@@ -167,14 +202,31 @@ class MlpLayer(nn.Module):
 
 
 class PrunedBlock(nn.Module):
-    """A transformer block after pruning: ``attn`` and ``mlp`` are sub-layers or ``nn.Identity``."""
+    """A transformer block after pruning: ``attn`` is an :class:`AttentionLayer` or
+    :class:`NoAttention`, ``mlp`` an :class:`MlpLayer` or ``nn.Identity``.
+
+    Takes and returns the grid positions of the patch tokens along with the tokens.
+    """
 
     def __init__(self, *, attn: nn.Module, mlp: nn.Module) -> None:
         super().__init__()
         self.attn = attn
         self.mlp = mlp
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError("pruned ViT blocks take no attention mask (token pruning changes the sequence)")
-        return self.mlp(self.attn(x))
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x, positions = self.attn(x, positions)
+        return self.mlp(x), positions
+
+
+class PrunedBlocks(nn.Sequential):
+    """Replaces timm's ``model.blocks``: runs the pruned blocks in order, carrying token positions.
+
+    timm calls ``model.blocks(x)``; this returns the tokens only. Attention masks are not supported
+    (token pruning changes the sequence).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        positions = None
+        for block in self:
+            x, positions = block(x, positions)
+        return x

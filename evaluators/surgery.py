@@ -22,8 +22,10 @@ from vitprune.evaluators.modules import (
     KeepAllTokens,
     KeepTokens,
     MlpLayer,
+    NoAttention,
     PrunedAttention,
     PrunedBlock,
+    PrunedBlocks,
 )
 from vitprune.spaces import Architecture, LayerPolicy, Policy
 
@@ -138,14 +140,21 @@ def prune_mlp(mlp: Mlp, layer: LayerPolicy, *, embed_dim: int) -> nn.Module:
 
 def prune_block(block: Block, layer: LayerPolicy, *, base: Architecture, tokens_in: int) -> PrunedBlock:
     """The pruned form of one timm ``Block``: kept sub-layers rebuilt, removed ones ``nn.Identity``."""
-    attn: nn.Module = nn.Identity()
+    attn: nn.Module = NoAttention()
     if layer.attention:
         prunes_tokens = layer.keep_tokens < tokens_in
-        tokens = (
-            KeepTokens(layer.keep_tokens, num_prefix_tokens=base.num_prefix_tokens)
-            if prunes_tokens
-            else KeepAllTokens()
-        )
+        tokens: nn.Module = KeepAllTokens()
+        if prunes_tokens:
+            weight = block.attn.qkv.weight
+            prior = None
+            if layer.token_prior is not None:
+                prior = torch.tensor(layer.token_prior, dtype=weight.dtype, device=weight.device)
+            tokens = KeepTokens(
+                layer.keep_tokens,
+                num_prefix_tokens=base.num_prefix_tokens,
+                prior=prior,
+                fusion=layer.token_fusion,
+            )
         attn = AttentionLayer(
             norm=copy.deepcopy(block.norm1),
             attn=prune_attention(block.attn, layer, score_tokens=prunes_tokens),
@@ -173,7 +182,7 @@ def apply_policy(model: nn.Module, policy: Policy) -> nn.Module:
         InputError: ``model`` is not a supported dense timm ViT or does not match ``policy.base``.
     """
     check_matches(model, policy.base)
-    blocks = nn.Sequential(
+    blocks = PrunedBlocks(
         *(
             prune_block(block, layer, base=policy.base, tokens_in=tokens_in)
             for block, layer, tokens_in in zip(model.blocks, policy.layers, policy.tokens_in, strict=True)

@@ -108,8 +108,8 @@ def build_policy(
             raise InputError(f"{name}: must be in [0, {base.depth}], got {count}")
     if align < 1:
         raise InputError(f"align: must be >= 1, got {align}")
-    removed_attn = lowest(scores.attn_layers, drop_attn)
-    removed_act = lowest(scores.act_layers, drop_act)
+    removed_attn = lowest(scores.require("attn_layers"), drop_attn) if drop_attn else set()
+    removed_act = lowest(scores.require("act_layers"), drop_act) if drop_act else set()
 
     layers = []
     tokens = base.num_patches
@@ -120,16 +120,20 @@ def build_policy(
         qk: tuple[tuple[int, ...], ...] = ()
         v: tuple[tuple[int, ...], ...] = ()
         if attention:
-            heads = top_indices(scores.heads[i], max(1, round(ratio.heads * base.num_heads)))
+            heads = _keep(scores, "heads", i, max(1, round(ratio.heads * base.num_heads)), base.num_heads)
             qk_dim = aligned_width(ratio.qk, base.head_dim, align)
             v_dim = aligned_width(ratio.v, base.head_dim, align)
-            qk = tuple(top_indices(scores.qk[i][h], qk_dim) for h in heads)
-            v = tuple(top_indices(scores.v[i][h], v_dim) for h in heads)
+            qk = tuple(_keep(scores, "qk", (i, h), qk_dim, base.head_dim) for h in heads)
+            v = tuple(_keep(scores, "v", (i, h), v_dim, base.head_dim) for h in heads)
         pending_rate *= ratio.tokens
+        entering = tokens
         if attention and base.class_token:
             tokens = max(1, min(tokens, round(tokens * pending_rate)))
             pending_rate = 1.0
-        mlp = top_indices(scores.mlp[i], aligned_width(ratio.mlp, base.mlp_hidden, align))
+        prior, fusion = None, 1.0
+        if tokens < entering and scores.token_prior is not None:
+            prior = scores.token_prior[i]
+            fusion = 1.0 if scores.token_fusion is None else scores.token_fusion[i]
         layers.append(
             LayerPolicy(
                 attention=attention,
@@ -137,8 +141,22 @@ def build_policy(
                 qk=qk,
                 v=v,
                 activation=i not in removed_act,
-                mlp=mlp,
+                mlp=_keep(
+                    scores, "mlp", i, aligned_width(ratio.mlp, base.mlp_hidden, align), base.mlp_hidden
+                ),
                 keep_tokens=tokens,
+                token_prior=prior,
+                token_fusion=fusion,
             )
         )
     return Policy(base=base, layers=tuple(layers))
+
+
+def _keep(scores: Scores, name: str, where: int | tuple[int, int], keep: int, size: int) -> tuple[int, ...]:
+    """The ``keep`` best of ``size`` units by ``scores.<name>[where]``; all of them without a score lookup."""
+    if keep >= size:
+        return tuple(range(size))
+    ranked = scores.require(name)
+    for index in where if isinstance(where, tuple) else (where,):
+        ranked = ranked[index]
+    return top_indices(ranked, keep)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
@@ -108,6 +109,9 @@ class LayerPolicy:
         activation: whether the MLP activation is kept (if not, fc1 and fc2 fold into a linear map).
         mlp: kept MLP hidden neurons (empty: the MLP sub-layer is removed).
         keep_tokens: patch tokens kept from this layer's MLP on.
+        token_prior: optional offline importance of each patch-grid position (STAR's inter-layer
+            score), fused with the class token's attention when this layer ranks tokens.
+        token_fusion: weight of the online class-token attention in that fusion (1: online only).
     """
 
     attention: bool
@@ -117,6 +121,8 @@ class LayerPolicy:
     activation: bool
     mlp: tuple[int, ...]
     keep_tokens: int
+    token_prior: tuple[float, ...] | None = None
+    token_fusion: float = 1.0
 
     @property
     def num_heads(self) -> int:
@@ -243,6 +249,24 @@ def _check_indices(indices: tuple[int, ...], *, size: int, what: str, where: str
             raise PolicyError(f"{where}: indices must be strictly increasing, got {first} then {second}")
 
 
+def _check_token_prior(layer: LayerPolicy, *, prunes: bool, num_patches: int, where: str) -> None:
+    if not 0.0 <= layer.token_fusion <= 1.0:
+        raise PolicyError(f"{where}.token_fusion: must be in [0, 1], got {layer.token_fusion}")
+    if layer.token_prior is None:
+        if layer.token_fusion != 1.0:
+            raise PolicyError(f"{where}.token_fusion: must be 1.0 without a token_prior")
+        return
+    if not prunes:
+        raise PolicyError(f"{where}.token_prior: only layers that prune tokens take a prior")
+    if len(layer.token_prior) != num_patches:
+        raise PolicyError(
+            f"{where}.token_prior: expected one score per patch position ({num_patches}), "
+            f"got {len(layer.token_prior)}"
+        )
+    if not all(math.isfinite(value) and value > 0 for value in layer.token_prior):
+        raise PolicyError(f"{where}.token_prior: scores must be finite and > 0")
+
+
 def _validate(policy: Policy) -> None:
     base = policy.base
     if len(policy.layers) != base.depth:
@@ -293,6 +317,9 @@ def _validate(policy: Policy) -> None:
             raise PolicyError(
                 f"{where}.keep_tokens: token pruning needs a class token, and {base.model} has none"
             )
+        _check_token_prior(
+            layer, prunes=layer.keep_tokens < tokens, num_patches=base.num_patches, where=where
+        )
         tokens = layer.keep_tokens
 
 
@@ -327,6 +354,11 @@ class _Reader:
         if not isinstance(value, str):
             raise PolicyError(f"{where}: expected a string, got {json.dumps(value)}")
         return value
+
+    def number(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PolicyError(f"{where}: expected a number, got {json.dumps(value)}")
+        return float(value)
 
     def integers(self, value: Any, where: str) -> tuple[int, ...]:
         if not isinstance(value, list):
@@ -381,7 +413,16 @@ class _Reader:
             activation=self.boolean(self.get(doc, "activation", where), f"{where}.activation"),
             mlp=self.integers(self.get(doc, "mlp", where), f"{where}.mlp"),
             keep_tokens=self.integer(self.get(doc, "keep_tokens", where), f"{where}.keep_tokens"),
+            token_prior=self.prior(doc.get("token_prior"), f"{where}.token_prior"),
+            token_fusion=self.number(doc.get("token_fusion", 1.0), f"{where}.token_fusion"),
         )
+
+    def prior(self, value: Any, where: str) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise PolicyError(f"{where}: expected null or a list of numbers")
+        return tuple(self.number(item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 def json_schema() -> dict[str, Any]:

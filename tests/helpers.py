@@ -70,8 +70,12 @@ def random_policy(base: Architecture, rng: random.Random, *, prune_tokens: bool 
             qk_dim, v_dim = rng.randint(1, base.head_dim), rng.randint(1, base.head_dim)
             qk = tuple(random_subset(rng, base.head_dim, qk_dim) for _ in heads)
             v = tuple(random_subset(rng, base.head_dim, v_dim) for _ in heads)
+        prior, fusion = None, 1.0
         if attention and prune_tokens and base.class_token and rng.random() < 0.6:
-            tokens = rng.randint(1, tokens)
+            entering, tokens = tokens, rng.randint(1, tokens)
+            if tokens < entering and rng.random() < 0.5:
+                prior = tuple(rng.uniform(0.01, 1.0) for _ in range(base.num_patches))
+                fusion = rng.random()
         mlp = random_subset(
             rng, base.mlp_hidden, rng.randint(0, base.mlp_hidden) if rng.random() > 0.1 else 0
         )
@@ -84,6 +88,8 @@ def random_policy(base: Architecture, rng: random.Random, *, prune_tokens: bool 
                 activation=rng.random() > 0.4,
                 mlp=mlp,
                 keep_tokens=tokens,
+                token_prior=prior,
+                token_fusion=fusion,
             )
         )
     return Policy(base=base, layers=tuple(layers))

@@ -47,6 +47,7 @@ def reference_forward(model: nn.Module, policy: Policy, x: torch.Tensor) -> torc
     prefix = base.num_prefix_tokens
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
     tokens = base.num_patches
+    positions = torch.arange(tokens).expand(x.shape[0], -1)  # grid position of each patch token
     for block, layer in zip(model.blocks, policy.layers, strict=True):
         if layer.attention:
             attn = block.attn
@@ -58,10 +59,17 @@ def reference_forward(model: nn.Module, policy: Policy, x: torch.Tensor) -> torc
             out = (weights @ v).transpose(1, 2).reshape(B, N, C)
             x = x + block.ls1(attn.proj(out))
             if layer.keep_tokens < tokens:
-                cls = weights[:, list(layer.heads), 0, prefix:].mean(dim=1)  # kept heads only
-                index = cls.topk(layer.keep_tokens, dim=1).indices + prefix
+                score = weights[:, list(layer.heads), 0, prefix:].mean(dim=1)  # kept heads only
+                if layer.token_prior is not None:
+                    prior = torch.tensor(layer.token_prior)[positions]
+                    online = score / score.sum(dim=1, keepdim=True)
+                    score = layer.token_fusion * online + (1 - layer.token_fusion) * prior / prior.sum(
+                        1, keepdim=True
+                    )
+                index = score.topk(layer.keep_tokens, dim=1).indices
                 rows = torch.arange(B).unsqueeze(1)
-                x = torch.cat([x[:, :prefix], x[rows, index]], dim=1)
+                x = torch.cat([x[:, :prefix], x[rows, index + prefix]], dim=1)
+                positions = positions[rows, index]
         tokens = layer.keep_tokens
         if layer.mlp:
             x = x + block.ls2(block.mlp(block.norm2(x)))

@@ -9,7 +9,7 @@ from reference import masked_dense, reference_forward
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 from vitprune.evaluators import apply_policy
-from vitprune.evaluators.modules import PrunedAttention
+from vitprune.evaluators.modules import NoAttention, PrunedAttention
 from vitprune.spaces import InputError, LayerPolicy, Policy, macs, params
 
 ATOL = 1e-5
@@ -113,7 +113,7 @@ def test_removed_attention_equals_skipping_it():
         lambda i, layer: {"attention": False, "heads": (), "qk": (), "v": ()} if i != 1 else {},
     )
     pruned = apply_policy(model, policy)
-    assert isinstance(pruned.blocks[0].attn, torch.nn.Identity)
+    assert isinstance(pruned.blocks[0].attn, NoAttention)
     _assert_matches_reference(model, policy, _input(base))
 
 

@@ -48,9 +48,12 @@ def test_policy_is_immutable(base):
 
 
 def _edit(base, layer_index, **changes):
-    """The keep-all policy document with one layer's fields replaced."""
+    """The keep-all policy document with one layer's fields replaced (later layers follow its tokens)."""
     doc = Policy.keep_all(base).to_dict()
     doc["layers"][layer_index].update(changes)
+    if isinstance(changes.get("keep_tokens"), int) and 1 <= changes["keep_tokens"] <= base.num_patches:
+        for later in doc["layers"][layer_index + 1 :]:
+            later["keep_tokens"] = changes["keep_tokens"]
     return doc
 
 
@@ -94,6 +97,7 @@ def test_bad_layer_is_rejected_with_the_field_named(base, changes, message):
 
 def test_tokens_cannot_grow_back(base):
     doc = _edit(base, 0, keep_tokens=8)
+    doc["layers"][1]["keep_tokens"] = 16
     with pytest.raises(PolicyError, match=r"layers\[1\].keep_tokens: must be in \[1, 8\]"):
         Policy.from_dict(doc)
 
@@ -170,3 +174,26 @@ def test_written_policies_validate_against_the_schema(key):
     doc["layers"][0]["heads"] = "all"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, schema)
+
+
+def test_token_prior_validation(base):
+    prior = [1.0] * 16
+    ok = _edit(base, 1, keep_tokens=8, token_prior=prior, token_fusion=0.5)
+    assert Policy.from_dict(ok).layers[1].token_fusion == 0.5
+    cases = [
+        ({"token_prior": prior}, "layers[1].token_prior: only layers that prune tokens take a prior"),
+        ({"keep_tokens": 8, "token_prior": [1.0] * 3}, "layers[1].token_prior: expected one score per patch"),
+        (
+            {"keep_tokens": 8, "token_prior": [0.0] * 16},
+            "layers[1].token_prior: scores must be finite and > 0",
+        ),
+        (
+            {"keep_tokens": 8, "token_prior": prior, "token_fusion": 2},
+            "layers[1].token_fusion: must be in [0, 1]",
+        ),
+        ({"token_fusion": 0.5}, "layers[1].token_fusion: must be 1.0 without a token_prior"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(PolicyError) as error:
+            Policy.from_dict(_edit(base, 1, **changes))
+        assert str(error.value).startswith(message)
