@@ -53,4 +53,14 @@ def criterion_names() -> list[str]:
 
 
 # Importing the modules registers their criteria.
-from vitprune.evaluators.criteria import magnitude  # noqa: E402, F401
+from vitprune.evaluators.criteria import depth, hsic, magnitude, snp, star, taylor  # noqa: E402, F401
+from vitprune.evaluators.criteria.cache import calibration_batches, compute_scores  # noqa: E402
+
+__all__ = [
+    "Criterion",
+    "calibration_batches",
+    "compute_scores",
+    "criterion_names",
+    "get_criterion",
+    "register_criterion",
+]

@@ -6,14 +6,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from vitprune.evaluators.criteria import register_criterion
+from vitprune.evaluators.criteria.capture import nested
 from vitprune.evaluators.criteria.weights import BlockWeights
 from vitprune.spaces import Architecture, InputError, Scores
-
-
-def _nested(t: Tensor) -> Any:
-    return tuple(_nested(row) for row in t) if t.dim() else float(t)
 
 
 @register_criterion("magnitude")
@@ -35,10 +32,10 @@ def magnitude(model: nn.Module, *, base: Architecture, data: Any = None, p: Lite
         v_scores = w.v.norm(p=p, dim=-1) * w.proj.norm(p=p, dim=0)  # (H, hd)
         neuron_scores = w.fc1.norm(p=p, dim=1) * w.fc2.norm(p=p, dim=0)
         update = torch.einsum("dhe,hei->hdi", w.proj, w.v)  # per head W_proj,h · W_v,h: (H, D, D)
-        qk.append(_nested(qk_scores))
-        v.append(_nested(v_scores))
-        heads.append(_nested(v_scores.sum(dim=1)))
-        mlp.append(_nested(neuron_scores))
+        qk.append(nested(qk_scores))
+        v.append(nested(v_scores))
+        heads.append(nested(v_scores.sum(dim=1)))
+        mlp.append(nested(neuron_scores))
         attn_layers.append(float(update.flatten(1).norm(p=p, dim=1).sum()))
         act_layers.append(float(neuron_scores.sum()))
     return Scores(
@@ -59,7 +56,7 @@ def random_scores(model: nn.Module, *, base: Architecture, data: Any = None, see
     L, H, hd = base.depth, base.num_heads, base.head_dim
 
     def rand(*shape: int) -> Any:
-        return _nested(torch.rand(*shape, generator=g, dtype=torch.float64))
+        return nested(torch.rand(*shape, generator=g, dtype=torch.float64))
 
     return Scores(
         criterion=f"random-{seed}",
