@@ -68,7 +68,8 @@ def test_depth_scores_are_the_kl_of_the_surgically_pruned_model(planted, layer):
             layers[layer] = dataclasses.replace(layers[layer], activation=False)
         pruned = apply_policy(model, Policy(base=base, layers=tuple(layers)))
         with torch.no_grad():
-            kl = sum(float(kl_to(model(x).double(), pruned(x).double())) for x, _ in data) / 16
+            kl = sum(float(kl_to(model(x).double(), pruned(x).double())) for x, _ in data)
+        kl /= sum(len(x) for x, _ in data)
         assert expected[layer] == pytest.approx(kl, rel=1e-4, abs=1e-9), field
 
 
@@ -90,15 +91,16 @@ def test_forward_from_a_block_input_reproduces_the_model(key):
 def gated_losses(model, images, labels, *, gate, value):
     """Per-image cross-entropy with one unit's output multiplied by ``value`` (a reference gate)."""
     block = model.blocks[gate[1]]
+    hd, width = block.attn.head_dim, block.attn.attn_dim
     kind, _, index = gate
     if kind == "mlp":
         handle = block.mlp.act.register_forward_hook(lambda m, a, out: _scale(out, [index], value))
     elif kind == "head":
-        channels = list(range(index * 16, (index + 1) * 16))
+        channels = list(range(index * hd, (index + 1) * hd))
         handle = block.attn.proj.register_forward_pre_hook(lambda m, a: (_scale(a[0], channels, value),))
     else:  # q/k dim (head, dim): the same dim of q and of k
         head, dim = index
-        channels = [head * 16 + dim, 64 + head * 16 + dim]
+        channels = [head * hd + dim, width + head * hd + dim]
         handle = block.attn.qkv.register_forward_hook(lambda m, a, out: _scale(out, channels, value))
     try:
         with torch.no_grad():
