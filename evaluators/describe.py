@@ -17,6 +17,7 @@ import torch
 from timm.layers import Attention, LayerNorm, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+
 from vitprune.spaces import Architecture, InputError
 
 

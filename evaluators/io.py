@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
 from vitprune.evaluators.describe import create_dense
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.spaces import InputError, Policy

@@ -16,6 +16,7 @@ import torch
 from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+
 from vitprune.evaluators.describe import check_matches
 from vitprune.evaluators.modules import (
     AttentionLayer,

@@ -6,6 +6,7 @@ import random
 
 import timm
 import torch
+
 from vitprune.evaluators import describe
 from vitprune.spaces import Architecture, LayerPolicy, Policy
 

@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-from vitprune.spaces import Policy, macs
 
 from vitprune import load_pruned
 from vitprune.cli import main
+from vitprune.spaces import Policy, macs
 
 TINY = [
     "deit_tiny_patch16_224",

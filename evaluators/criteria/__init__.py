@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from torch import nn
+
 from vitprune.spaces import Architecture, InputError, Scores
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.criteria.capture import Batch
 from vitprune.spaces import Architecture, InputError, Scores

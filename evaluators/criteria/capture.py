@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
 from vitprune.spaces import Architecture, InputError
 
 Batch = tuple[Tensor, Tensor]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from vitprune.evaluators.criteria import register_criterion
 from vitprune.evaluators.criteria.capture import evaluating, require_classifier, require_data
 from vitprune.spaces import Architecture, Scores

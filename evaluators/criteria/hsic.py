@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
 from vitprune.evaluators.criteria import register_criterion
 from vitprune.evaluators.criteria.capture import (
     evaluating,

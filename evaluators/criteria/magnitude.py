@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
 from vitprune.evaluators.criteria import register_criterion
 from vitprune.evaluators.criteria.capture import nested
 from vitprune.evaluators.criteria.weights import BlockWeights

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
 from vitprune.evaluators.criteria import register_criterion
 from vitprune.evaluators.criteria.capture import (
     evaluating,

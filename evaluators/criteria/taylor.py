@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from vitprune.evaluators.criteria import register_criterion
 from vitprune.evaluators.criteria.capture import (
     evaluating,

@@ -7,6 +7,7 @@ import copy
 
 import torch
 from torch import nn
+
 from vitprune.spaces import Policy
 
 

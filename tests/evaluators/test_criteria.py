@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 from helpers import TINY_MODELS, tiny_model
+
 from vitprune.evaluators import describe
 from vitprune.evaluators.criteria import criterion_names, get_criterion, register_criterion
 from vitprune.spaces import InputError, Scores

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import tiny_model
 from torch.utils.data import DataLoader, TensorDataset
+
 from vitprune.evaluators.criteria import _CRITERIA, get_criterion
 from vitprune.evaluators.criteria.cache import calibration_batches, compute_scores
 from vitprune.spaces import InputError

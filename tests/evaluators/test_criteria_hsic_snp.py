@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from helpers import tiny_model
+
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.criteria.hsic import centred, dependence, gram, mrmr_order, normalised_hsic
 from vitprune.evaluators.criteria.snp import pivoted_residuals, qk_removal_kl

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TINY_MODELS, tiny_model
+
 from vitprune.evaluators import apply_policy
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.criteria.star import auto_keep_rates, kl_fusion_weight, perplexity

@@ -4,11 +4,11 @@ import pytest
 import torch
 from helpers import TINY_MODELS, random_policy, tiny_model
 from safetensors.torch import save_file
+
+from vitprune import apply_policy, load_pruned, save_pruned
 from vitprune.evaluators import read_state_dict
 from vitprune.evaluators.dense import load_dense
 from vitprune.spaces import InputError, Policy
-
-from vitprune import apply_policy, load_pruned, save_pruned
 
 
 @pytest.mark.parametrize("key", sorted(TINY_MODELS))

@@ -8,6 +8,7 @@ from helpers import TINY_MODELS, random_policy, tiny_model
 from reference import masked_dense, reference_forward
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
+
 from vitprune.evaluators import apply_policy
 from vitprune.evaluators.modules import NoAttention, PrunedAttention
 from vitprune.spaces import InputError, LayerPolicy, Policy, macs, params

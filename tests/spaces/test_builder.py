@@ -1,5 +1,6 @@
 import pytest
 from helpers import tiny_model
+
 from vitprune.spaces import InputError, LayerRatios, Scores, build_policy, uniform_ratios
 from vitprune.spaces.builder import aligned_width, top_indices
 

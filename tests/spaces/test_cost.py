@@ -2,6 +2,7 @@ import random
 
 import pytest
 from helpers import TINY_MODELS, random_policy, tiny_model
+
 from vitprune.spaces import LayerPolicy, Policy, cost, macs, params
 
 

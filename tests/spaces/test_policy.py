@@ -8,6 +8,7 @@ from importlib import resources
 import jsonschema
 import pytest
 from helpers import TINY_MODELS, random_policy, tiny_model
+
 from vitprune.spaces import LayerPolicy, Policy, PolicyError
 from vitprune.spaces.policy import json_schema
 
