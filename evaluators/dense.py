@@ -3,17 +3,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 from torch import nn
+
+from vitprune.evaluators.config import DataConfig, DenseTrainingConfig, FinetuneConfig, ModelConfig
+from vitprune.evaluators.data import DataSplits, load_data
 from vitprune.evaluators.describe import create_dense, describe
-from vitprune.evaluators.io import POLICY_FILE, load_pruned, read_state_dict
-from vitprune.evaluators.surgery import dense_state_dict
-from vitprune.spaces import Architecture, InputError
+from vitprune.evaluators.finetune import finetune
+from vitprune.evaluators.io import POLICY_FILE, load_pruned, read_state_dict, save_pruned
+from vitprune.evaluators.measure import accuracy
+from vitprune.evaluators.surgery import apply_policy, dense_state_dict
+from vitprune.spaces import Architecture, InputError, Policy
+from vitprune.spaces.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +107,108 @@ def load_dense(
         )
     log.info("loaded %s weights from %s", name, checkpoint)
     return model.eval(), describe(model, name=name, model_args=args)
+
+
+# -- the dense model a search starts from ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenseModel:
+    """The trained dense model, its description, and how it was obtained."""
+
+    model: nn.Module
+    base: Architecture
+    test_accuracy: float
+    trained_seconds: float
+    directory: Path
+
+
+def cache_root() -> Path:
+    """Where trained dense models are cached: ``$VITPRUNE_CACHE`` or ``~/.cache/vitprune``."""
+    return Path(os.environ.get("VITPRUNE_CACHE", Path.home() / ".cache" / "vitprune"))
+
+
+def _fit_classes(model: nn.Module, base: Architecture, num_classes: int) -> tuple[Architecture, bool]:
+    """Resize the classifier to ``num_classes`` if needed; returns the new base and whether it changed."""
+    if base.num_classes == num_classes:
+        return base, False
+    log.warning(
+        "%s: classifier resized from %d to %d classes (the new head is random and is trained)",
+        base.model,
+        base.num_classes,
+        num_classes,
+    )
+    model.reset_classifier(num_classes)
+    args = {**base.model_args, "num_classes": num_classes}
+    return describe(model, name=base.model, model_args=args), True
+
+
+def prepare_dense(
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    training: DenseTrainingConfig,
+    *,
+    cache_dir: Path | None = None,
+) -> tuple[DenseModel, DataSplits]:
+    """Load, or train once and cache, the dense model for ``data_config``; returns it with the data.
+
+    Weights come from ``model_config`` (checkpoint, vitprune directory, hub); the classifier is
+    resized when the data has another class count. A model without fitting trained weights (the
+    embedded default, or a resized classifier) is trained with ``training`` and cached under a
+    hash of the three configurations, so it is trained once.
+    """
+    from vitprune import __version__
+
+    model, base = load_dense(
+        model_config.name,
+        checkpoint=model_config.checkpoint,
+        pretrained=model_config.pretrained,
+        model_args=model_config.args,
+    )
+    data = load_data(data_config, base)
+    model, base = model.train(), base
+    base, resized = _fit_classes(model, base, data.num_classes)
+    has_weights = model_config.checkpoint is not None or model_config.pretrained
+    if has_weights and not resized:
+        test = accuracy(model, data.eval_loader("test")).top1
+        directory = Path(model_config.checkpoint) if model_config.checkpoint else Path()
+        return DenseModel(model.eval(), base, test, 0.0, directory), data
+
+    key = hashlib.sha256(
+        "|".join([__version__, model_config.digest(), data_config.digest(), training.digest()]).encode()
+    ).hexdigest()[:16]
+    directory = (cache_dir or cache_root()) / "dense" / f"{base.model}-{key}"
+    metrics_file = directory / "metrics.json"
+    if metrics_file.exists():
+        try:
+            cached, cached_base = load_dense(None, checkpoint=directory)
+            metrics = json.loads(metrics_file.read_text())
+            log.info("dense model from cache %s (test accuracy %.4f)", directory, metrics["test_accuracy"])
+            return DenseModel(
+                cached, cached_base, metrics["test_accuracy"], metrics["seconds"], directory
+            ), data
+        except (InputError, KeyError, ValueError) as error:
+            log.warning("ignoring unusable cached dense model %s (%s)", directory, error)
+
+    log.info("training the dense %s on %s (%d epochs)", base.model, data_config.source, training.epochs)
+    result = finetune(
+        model,
+        data=data,
+        config=FinetuneConfig(
+            epochs=training.epochs,
+            lr=training.lr,
+            weight_decay=training.weight_decay,
+            warmup_fraction=training.warmup_fraction,
+            label_smoothing=training.label_smoothing,
+            kd=None,
+            seed=training.seed,
+        ),
+    )
+    test = accuracy(model, data.eval_loader("test")).top1
+    keep_all = Policy.keep_all(base)
+    save_pruned(apply_policy(model, keep_all), keep_all, directory)
+    write_text_atomic(
+        metrics_file, json.dumps({"test_accuracy": test, "seconds": result.seconds, "epochs": result.epochs})
+    )
+    log.info("dense %s: test accuracy %.4f after %.0fs", base.model, test, result.seconds)
+    return DenseModel(model.eval(), base, test, result.seconds, directory), data

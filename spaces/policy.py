@@ -186,6 +186,20 @@ class Policy:
     def is_keep_all(self) -> bool:
         return self == Policy.keep_all(self.base)
 
+    def summary(self) -> dict[str, float | int]:
+        """A few numbers describing the structure (for tables and logs)."""
+        base, layers = self.base, self.layers
+        kept = [layer for layer in layers if layer.attention]
+        return {
+            "heads": sum(layer.num_heads for layer in layers),
+            "qk_dim": round(sum(layer.qk_dim for layer in kept) / max(1, len(kept)), 2),
+            "v_dim": round(sum(layer.v_dim for layer in kept) / max(1, len(kept)), 2),
+            "mlp_ratio": round(sum(layer.mlp_hidden for layer in layers) / (base.mlp_hidden * base.depth), 4),
+            "tokens_final": layers[-1].keep_tokens,
+            "attn_removed": base.depth - len(kept),
+            "act_removed": sum(not layer.activation for layer in layers),
+        }
+
     # -- JSON -----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -57,13 +58,45 @@ def _summary(policy: Policy) -> str:
 # -- commands -------------------------------------------------------------------------------------
 
 
-def cmd_policy(args: argparse.Namespace) -> None:
-    from vitprune.evaluators.criteria import get_criterion
-    from vitprune.evaluators.dense import load_dense
-    from vitprune.spaces import build_policy, uniform_ratios
-    from vitprune.spaces.files import write_text_atomic
+def _criterion_scores(args: argparse.Namespace, model: Any, base: Any) -> Any:
+    """Scores of ``--criterion`` for the dimensions it scores, magnitude for the others."""
+    from vitprune.evaluators.config import DataConfig, parse_section
+    from vitprune.evaluators.criteria import calibration_batches, compute_scores
+    from vitprune.evaluators.data import load_data
+    from vitprune.evaluators.dense import cache_root
+    from vitprune.spaces import Scores
+    from vitprune.spaces.scores import DIMENSIONS
 
-    criterion = get_criterion(args.criterion)
+    batches = None
+    if args.criterion not in ("magnitude", "random"):
+        data = load_data(parse_section(DataConfig, args.data, "--data"), base)
+        batches = calibration_batches(data.train_loader(seed=0), args.calibration_batches)
+    cache_dir = cache_root() / "scores"
+    chosen = compute_scores(args.criterion, model, base=base, data=batches, cache_dir=cache_dir)
+    if args.criterion == "magnitude":
+        return chosen
+    fallback = compute_scores("magnitude", model, base=base, cache_dir=cache_dir)
+    by_dimension = {
+        dim: chosen if any(getattr(chosen, f) is not None for f in fields) else fallback
+        for dim, fields in DIMENSIONS.items()
+    }
+    others = sorted(dim for dim, scores in by_dimension.items() if scores is fallback and dim != "tokens")
+    if others:
+        console.print(f"{args.criterion} does not score {', '.join(others)}: magnitude ranks those")
+    return Scores.combine(by_dimension)
+
+
+def _budget_limit(value: float, dense: float) -> float:
+    """A budget given as a fraction of dense (<= 1) or as an absolute count (> 1)."""
+    return value * dense if value <= 1 else value
+
+
+def cmd_policy(args: argparse.Namespace) -> None:
+    from vitprune.evaluators.dense import load_dense
+    from vitprune.spaces import build_policy, macs, params, uniform_ratios
+    from vitprune.spaces.files import write_text_atomic
+    from vitprune.spaces.space import Budget, Proposal, project
+
     model, base = load_dense(
         args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, model_args=dict(args.model_arg)
     )
@@ -77,12 +110,25 @@ def cmd_policy(args: argparse.Namespace) -> None:
         token_keep=args.token_keep,
         token_start=token_start,
     )
-    scores = criterion(model, base=base)
-    policy = build_policy(
-        base, scores, ratios, drop_attn=args.drop_attn, drop_act=args.drop_act, align=args.align
-    )
+    scores = _criterion_scores(args, model, base)
+    dense = Policy.keep_all(base)
+    if args.budget_macs is not None or args.budget_params is not None:
+        metric, value, measure = (
+            ("macs", args.budget_macs, macs)
+            if args.budget_macs is not None
+            else ("params", args.budget_params, params)
+        )
+        proposal = Proposal(ratios=ratios, drop_attn=args.drop_attn, drop_act=args.drop_act)
+        budget = Budget(metric, _budget_limit(value, measure(dense)))
+        policy = project(
+            proposal, base=base, scores=scores, budget=budget, measure=measure, align=args.align
+        ).policy
+    else:
+        policy = build_policy(
+            base, scores, ratios, drop_attn=args.drop_attn, drop_act=args.drop_act, align=args.align
+        )
     write_text_atomic(args.output, policy.to_json())
-    console.print(f"wrote {args.output}: {base.model}, {scores.criterion} criterion; {_summary(policy)}")
+    console.print(f"wrote {args.output}: {base.model}, {scores.criterion}; {_summary(policy)}")
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
@@ -121,6 +167,112 @@ def cmd_apply(args: argparse.Namespace) -> None:
         dense = create_dense(base)
     save_pruned(apply_policy(dense, policy), policy, args.out)
     console.print(f"wrote {args.out}: {_summary(policy)}")
+
+
+def cmd_train_dense(args: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from vitprune.evaluators.config import (
+        DataConfig,
+        DenseTrainingConfig,
+        ModelConfig,
+        parse_section,
+        read_spec,
+    )
+    from vitprune.evaluators.dense import prepare_dense
+
+    spec, prefix = read_spec(args.config)
+    model = parse_section(ModelConfig, spec.get("model"), f"{prefix}model")
+    data = parse_section(DataConfig, spec.get("data"), f"{prefix}data")
+    training = parse_section(DenseTrainingConfig, spec.get("dense_training"), f"{prefix}dense_training")
+    console.print(f"dense {model.name} on {data.source}: training or loading from the cache …")
+    dense, _ = prepare_dense(model, data, training)
+    report = {
+        "model": dense.base.model,
+        "test_accuracy": dense.test_accuracy,
+        "train_seconds": dense.trained_seconds,
+        "directory": str(dense.directory),
+    }
+    if args.out is not None and dense.directory.is_dir():
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        shutil.copytree(dense.directory, staging, dirs_exist_ok=True)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+        report["directory"] = str(out)
+    print(json.dumps(report, indent=2))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from vitprune.evaluators import create_dense, load_pruned
+    from vitprune.evaluators.config import DataConfig, FinetuneConfig, parse_section
+    from vitprune.evaluators.data import load_data
+    from vitprune.evaluators.dense import load_dense
+    from vitprune.evaluators.finetune import finetune
+    from vitprune.evaluators.measure import accuracy, latency_side_by_side
+    from vitprune.evaluators.trial import resolve_device
+
+    model, policy = load_pruned(args.model_dir)
+    data_config = parse_section(DataConfig, args.data, "--data")
+    data = load_data(data_config, policy.base)
+    if data.num_classes != policy.base.num_classes:
+        raise InputError(
+            f"--data: {data.num_classes} classes, but the model predicts {policy.base.num_classes}"
+        )
+    device = resolve_device(args.device)
+    teacher = None
+    if args.dense is not None:
+        teacher, _ = load_dense(
+            None if (args.dense / "policy.json").exists() else policy.base.model,
+            checkpoint=args.dense,
+            model_args=policy.base.model_args,
+        )
+    if args.finetune_epochs:
+        kd = {} if teacher is not None else None
+        finetune(
+            model,
+            data=data,
+            config=FinetuneConfig(epochs=args.finetune_epochs, kd=kd),
+            teacher=teacher,
+            device=device,
+        )
+    measured = accuracy(model, data.eval_loader(args.split), device=device)
+    dense_model = teacher if teacher is not None else create_dense(policy.base)
+    times = latency_side_by_side(
+        {"pruned": model, "dense": dense_model},
+        batch_size=args.batch_size,
+        device=device,
+        dtype=torch.float32,
+    )
+    pruned_cost, dense_cost = cost(policy), cost(Policy.keep_all(policy.base))
+    report = {
+        "split": args.split,
+        "accuracy": measured.top1,
+        "top5": measured.top5,
+        "macs": pruned_cost.macs,
+        "params": pruned_cost.params,
+        "latency_ms": times["pruned"].median_ms,
+        "macs_ratio": pruned_cost.macs / dense_cost.macs,
+        "params_ratio": pruned_cost.params / dense_cost.params,
+        "latency_ratio": times["pruned"].median_ms / times["dense"].median_ms,
+        "dense": {
+            "macs": dense_cost.macs,
+            "params": dense_cost.params,
+            "latency_ms": times["dense"].median_ms,
+        },
+        "latency": times["pruned"].to_dict(),
+    }
+    if teacher is not None:
+        dense_accuracy = accuracy(teacher, data.eval_loader(args.split), device=device).top1
+        report["dense"]["accuracy"] = dense_accuracy
+        report["accuracy_ratio"] = measured.top1 / dense_accuracy
+    print(json.dumps(report, indent=2))
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -188,6 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="first layer that prunes tokens (default: depth // 3)",
     )
     p.add_argument("--align", type=int, default=8, help="round widths to multiples of this (default: 8)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--budget-macs",
+        type=float,
+        metavar="B",
+        help="scale the ratios so MACs land just under B (a fraction of dense if <= 1)",
+    )
+    budget.add_argument("--budget-params", type=float, metavar="B", help="the same for parameters")
+    p.add_argument(
+        "--data", default="digits", help="calibration data for data-driven criteria (default: digits)"
+    )
+    p.add_argument(
+        "--calibration-batches", type=int, default=4, metavar="N", help="calibration batches (default: 4)"
+    )
     p.add_argument("-o", "--output", required=True, metavar="POLICY.json")
     p.set_defaults(func=cmd_policy)
 
@@ -201,6 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no weights are given")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_apply)
+
+    p = commands.add_parser("train-dense", help="train (once, cached) or load the dense model of a config")
+    p.add_argument(
+        "config", metavar="CONFIG.yaml", help="a search spec or Ray cluster YAML (metadata.vitprune)"
+    )
+    p.add_argument("--out", metavar="DIR", help="also write the dense model directory here")
+    p.set_defaults(func=cmd_train_dense)
+
+    p = commands.add_parser("evaluate", help="accuracy, MACs, params and latency of a pruned model (JSON)")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument(
+        "--data", default="digits", help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH"
+    )
+    p.add_argument(
+        "--dense", type=Path, metavar="DIR", help="the dense model: teacher, accuracy and latency ratios"
+    )
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune first (default: 0)")
+    p.add_argument("--split", default="search-val", choices=["search-val", "test"])
+    p.add_argument("--batch-size", type=int, default=32, help="latency batch size (default: 32)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("schema", help="print the JSON Schema of policy files")
     p.set_defaults(func=cmd_schema)

@@ -55,7 +55,11 @@ def criterion_names() -> list[str]:
 
 # Importing the modules registers their criteria.
 from vitprune.evaluators.criteria import depth, hsic, magnitude, snp, star, taylor  # noqa: E402, F401
-from vitprune.evaluators.criteria.cache import calibration_batches, compute_scores  # noqa: E402
+from vitprune.evaluators.criteria.cache import (  # noqa: E402
+    calibration_batches,
+    compute_scores,
+    scores_by_dimension,
+)
 
 __all__ = [
     "Criterion",
@@ -64,4 +68,5 @@ __all__ = [
     "criterion_names",
     "get_criterion",
     "register_criterion",
+    "scores_by_dimension",
 ]

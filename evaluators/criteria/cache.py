@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from torch import Tensor, nn
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.criteria.capture import Batch
 from vitprune.spaces import Architecture, InputError, Scores
+from vitprune.spaces.files import write_text_atomic
+from vitprune.spaces.scores import DIMENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +132,34 @@ def compute_scores(
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             log.warning("criterion %s: ignoring unreadable cache file %s (%s)", name, path, error)
     scores = criterion(model, base=base, data=batches, **options).check(base)
-    _write_atomically(path, scores.to_json())
+    write_text_atomic(path, scores.to_json())
     log.info("criterion %s: scores cached in %s", name, path)
     return scores
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def scores_by_dimension(
+    criteria: dict[str, str],
+    model: nn.Module,
+    *,
+    base: Architecture,
+    data: Iterable[Batch] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Scores:
+    """Scores with each dimension taken from its own criterion, each criterion computed once.
+
+    Args:
+        criteria: dimension (heads, qk, v, mlp, tokens, depth) → criterion name.
+        model, base, data, cache_dir: as for :func:`compute_scores`.
+
+    Raises:
+        InputError: a criterion does not score the dimension it was chosen for.
+    """
+    computed = {
+        name: compute_scores(name, model, base=base, data=data, cache_dir=cache_dir)
+        for name in sorted(set(criteria.values()))
+    }
+    combined = Scores.combine({dimension: computed[name] for dimension, name in criteria.items()})
+    for dimension, name in criteria.items():
+        if all(getattr(combined, field) is None for field in DIMENSIONS[dimension]) and dimension != "tokens":
+            raise InputError(f"criteria.{dimension}: {name} does not score {dimension}")
+    return combined

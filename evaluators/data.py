@@ -1,0 +1,204 @@
+"""Data: deterministic, disjoint train / search-val / test splits and their loaders.
+
+- ``digits``: scikit-learn's bundled 8×8 digits (1,797 images, no download), upscaled to the
+  model's input size, replicated to its channels, normalised with the training split's statistics.
+  A stratified 20 % is test; search-val is carved from the rest.
+- ``imagefolder``: ``PATH/train`` and ``PATH/val`` class folders (ImageNet layout) with timm's
+  transforms for the model (``resolve_data_config`` + ``create_transform``); test is ``val``.
+- ``cifar10`` / ``cifar100``: a torchvision-format folder (``download=False``); test is the test set.
+
+For folder sources, search-val is a fixed, seeded subset of the training images evaluated with
+the eval transform; the remaining training images are the train split. The search only ever sees
+train and search-val.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from vitprune.evaluators.config import DataConfig
+from vitprune.spaces import Architecture, InputError
+
+log = logging.getLogger(__name__)
+
+DIGITS_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The three splits as datasets, and how to batch them."""
+
+    train: Dataset
+    search_val: Dataset
+    test: Dataset
+    num_classes: int
+    config: DataConfig
+
+    def train_loader(self, *, seed: int | None = None) -> DataLoader:
+        """Shuffled training batches; the order depends only on ``seed``."""
+        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+        return DataLoader(
+            self.train,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            drop_last=len(self.train) > self.config.batch_size,
+            generator=generator,
+            num_workers=self.config.num_workers,
+            pin_memory=self.config.pin_memory,
+            persistent_workers=self.config.num_workers > 0,
+        )
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """Batches of ``"search-val"`` or ``"test"`` (or ``"train"``), in a fixed order."""
+        datasets = {"train": self.train, "search-val": self.search_val, "test": self.test}
+        if split not in datasets:
+            raise InputError(f"split: expected one of {', '.join(datasets)}, got {split!r}")
+        return DataLoader(
+            datasets[split],
+            batch_size=self.config.eval_batch_size,
+            shuffle=False,
+            num_workers=self.config.num_workers,
+            pin_memory=self.config.pin_memory,
+        )
+
+
+def _split_indices(
+    n: int, fraction: float, *, seed: int, labels: np.ndarray | None = None
+) -> tuple[list, list]:
+    """A seeded (stratified when ``labels`` is given) split of ``range(n)`` into (rest, held-out)."""
+    from sklearn.model_selection import train_test_split
+
+    rest, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=labels)
+    return sorted(rest.tolist()), sorted(held.tolist())
+
+
+def _digits(config: DataConfig, base: Architecture) -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    images = F.interpolate(images, size=tuple(base.model_args.get("img_size", (8, 8))), mode="bilinear")
+    images = images.expand(-1, base.in_chans, -1, -1).contiguous()
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    rest, test = _split_indices(len(labels), DIGITS_TEST_FRACTION, seed=0, labels=digits.target)
+    train, search_val = _split_indices(
+        len(rest), config.search_val_fraction, seed=config.seed, labels=digits.target[rest]
+    )
+    train, search_val = [rest[i] for i in train], [rest[i] for i in search_val]
+    if config.max_train_samples is not None:
+        train = train[: config.max_train_samples]
+    mean, std = images[train].mean(), images[train].std()
+    full = TensorDataset((images - mean) / std, labels)
+    shift = config.augment_shift
+    augmented = ShiftedDigits(full, max_shift=shift, background=float(-mean / std)) if shift else full
+    return DataSplits(
+        Subset(augmented, train), Subset(full, search_val), Subset(full, test), num_classes=10, config=config
+    )
+
+
+class ShiftedDigits(Dataset):
+    """Digits shifted by up to ``max_shift`` pixels in each direction, the uncovered border filled
+    with the background value: the augmentation that lets a ViT trained from scratch on 1,221
+    images generalise. Draws from torch's global RNG (seeded by training)."""
+
+    def __init__(self, images: TensorDataset, *, max_shift: int, background: float) -> None:
+        self.images = images
+        self.max_shift = max_shift
+        self.background = background
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.images[index]
+        s = self.max_shift
+        dy, dx = torch.randint(-s, s + 1, (2,)).tolist()
+        padded = F.pad(image, (s, s, s, s), value=self.background)
+        h, w = image.shape[-2:]
+        return padded[..., s + dy : s + dy + h, s + dx : s + dx + w], label
+
+
+def _timm_transforms(base: Architecture) -> tuple[object, object]:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    with torch.device("meta"):
+        model = timm.create_model(base.model, pretrained=False, **base.model_args)
+    # The model's own input size: pretrained_cfg keeps the size the weights were trained at.
+    size = (base.grid_size[0] * base.patch_size[0], base.grid_size[1] * base.patch_size[1])
+    data_config = resolve_data_config(args={"input_size": (base.in_chans, *size)}, model=model)
+    return create_transform(**data_config, is_training=True), create_transform(
+        **data_config, is_training=False
+    )
+
+
+def _carve(train_all: Dataset, eval_all: Dataset, config: DataConfig) -> tuple[Dataset, Dataset]:
+    """Split one training set into train (train transform) and search-val (eval transform)."""
+    train, search_val = _split_indices(len(train_all), config.search_val_fraction, seed=config.seed)
+    if config.max_train_samples is not None:
+        train = train[: config.max_train_samples]
+    return Subset(train_all, train), Subset(eval_all, search_val)
+
+
+def _imagefolder(config: DataConfig, base: Architecture) -> DataSplits:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(config.path)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise InputError(f"data.path: {root / split} is missing (expected train/ and val/ class folders)")
+    train_tf, eval_tf = _timm_transforms(base)
+    try:
+        train_all = ImageFolder(root / "train", transform=train_tf)
+        eval_all = ImageFolder(root / "train", transform=eval_tf)
+        test = ImageFolder(root / "val", transform=eval_tf)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise InputError(f"data.path: {root}: {error}") from None
+    if test.classes != train_all.classes:
+        raise InputError(f"data.path: {root}/val has classes {test.classes[:3]}…, unlike train/")
+    train, search_val = _carve(train_all, eval_all, config)
+    return DataSplits(train, search_val, test, num_classes=len(train_all.classes), config=config)
+
+
+def _cifar(config: DataConfig, base: Architecture) -> DataSplits:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    dataset_cls, classes = (CIFAR10, 10) if config.source == "cifar10" else (CIFAR100, 100)
+    train_tf, eval_tf = _timm_transforms(base)
+    try:
+        train_all = dataset_cls(str(config.path), train=True, transform=train_tf, download=False)
+        eval_all = dataset_cls(str(config.path), train=True, transform=eval_tf, download=False)
+        test = dataset_cls(str(config.path), train=False, transform=eval_tf, download=False)
+    except RuntimeError:
+        folder = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+        raise InputError(
+            f"data.path: no {config.source} data under {config.path} (expected torchvision's {folder}/; "
+            "download it where there is internet)"
+        ) from None
+    train, search_val = _carve(train_all, eval_all, config)
+    return DataSplits(train, search_val, test, num_classes=classes, config=config)
+
+
+def load_data(config: DataConfig, base: Architecture) -> DataSplits:
+    """The splits of ``config.source`` prepared for the model ``base``."""
+    if config.path is not None and not Path(config.path).exists():
+        raise InputError(f"data.path: {config.path} does not exist")
+    loaders = {"digits": _digits, "imagefolder": _imagefolder, "cifar10": _cifar, "cifar100": _cifar}
+    splits = loaders[config.source](config, base)
+    log.info(
+        "%s: %d train, %d search-val, %d test images, %d classes",
+        config.source,
+        len(splits.train),
+        len(splits.search_val),
+        len(splits.test),
+        splits.num_classes,
+    )
+    return splits

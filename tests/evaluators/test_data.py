@@ -1,0 +1,99 @@
+import pytest
+import torch
+from helpers import tiny_model
+from PIL import Image
+
+from vitprune.evaluators.config import DataConfig, parse_section
+from vitprune.evaluators.data import load_data
+from vitprune.evaluators.dense import load_dense
+from vitprune.spaces import InputError
+
+
+@pytest.fixture(scope="module")
+def digits_base():
+    return load_dense("vitprune_digits_vit")[1]
+
+
+def test_digits_splits_are_disjoint_deterministic_and_complete(digits_base):
+    first = load_data(DataConfig(), digits_base)
+    second = load_data(DataConfig(), digits_base)
+    train, val, test = (set(split.indices) for split in (first.train, first.search_val, first.test))
+    assert not train & val and not train & test and not val & test
+    assert len(train | val | test) == 1797
+    assert (len(train), len(val), len(test)) == (1221, 216, 360)
+    assert first.train.indices == second.train.indices and first.test.indices == second.test.indices
+    images, labels = first.train[0]
+    assert images.shape == (1, 16, 16) and 0 <= int(labels) < 10
+    assert first.num_classes == 10
+
+
+def test_search_val_seed_never_moves_the_test_split(digits_base):
+    a = load_data(DataConfig(seed=0), digits_base)
+    b = load_data(DataConfig(seed=1), digits_base)
+    assert a.test.indices == b.test.indices
+    assert a.search_val.indices != b.search_val.indices
+
+
+def test_train_order_depends_only_on_the_seed(digits_base):
+    data = load_data(DataConfig(batch_size=32), digits_base)
+    first = [labels for _, labels in data.train_loader(seed=3)]
+    second = [labels for _, labels in data.train_loader(seed=3)]
+    other = [labels for _, labels in data.train_loader(seed=4)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_digits_adapt_to_the_models_input():
+    _, base = tiny_model("deit")  # 3 channels, 64×64
+    data = load_data(DataConfig(max_train_samples=100), base)
+    assert data.train[0][0].shape == (3, 64, 64)
+    assert len(data.train) == 100
+
+
+def test_calibration_batches_are_a_list_of_train_batches(digits_base):
+    from vitprune.evaluators.criteria import calibration_batches
+
+    data = load_data(DataConfig(batch_size=16), digits_base)
+    batches = calibration_batches(data.train_loader(seed=0), 3)
+    assert len(batches) == 3 and batches[0][0].shape == (16, 1, 16, 16)
+
+
+def test_imagefolder_with_timm_transforms(tmp_path):
+    for split, count in (("train", 10), ("val", 3)):
+        for label in ("cat", "dog"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 30), color=(i * 20, 100, 200 if label == "cat" else 0)).save(
+                    folder / f"{i}.png"
+                )
+    _, base = tiny_model("deit")
+    data = load_data(parse_section(DataConfig, f"imagefolder:{tmp_path}", "data"), base)
+    assert data.num_classes == 2
+    assert (len(data.train), len(data.search_val), len(data.test)) == (17, 3, 6)
+    assert not set(data.train.indices) & set(data.search_val.indices)
+    image, _ = data.search_val[0]
+    assert image.shape == (3, 64, 64)  # resized to the model's input by timm's eval transform
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("imagefolder:/no/such/dir", "data.path: /no/such/dir does not exist"),
+        ("imagefolder", "data: source imagefolder needs a path"),
+        ("mnist:/tmp", "data.source: Input should be 'digits', 'imagefolder', 'cifar10' or 'cifar100'"),
+    ],
+)
+def test_bad_data_specs_are_one_line(spec, message, digits_base):
+    with pytest.raises(InputError) as error:
+        load_data(parse_section(DataConfig, spec, "data"), digits_base)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)
+
+
+def test_folder_layout_errors_name_the_path(tmp_path, digits_base):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(InputError, match=r"val is missing \(expected train/ and val/ class folders\)"):
+        load_data(parse_section(DataConfig, f"imagefolder:{tmp_path}", "data"), digits_base)
+    with pytest.raises(InputError, match="no cifar10 data under"):
+        load_data(parse_section(DataConfig, f"cifar10:{tmp_path}", "data"), tiny_model("deit")[1])

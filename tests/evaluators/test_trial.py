@@ -1,0 +1,98 @@
+import logging
+
+import pytest
+import timm
+import torch
+
+from vitprune.evaluators.config import (
+    DataConfig,
+    DenseTrainingConfig,
+    FinetuneConfig,
+    LatencyConfig,
+    ModelConfig,
+)
+from vitprune.evaluators.criteria import get_criterion
+from vitprune.evaluators.dense import prepare_dense
+from vitprune.evaluators.trial import cached_context, evaluate_policy
+from vitprune.spaces import Policy, build_policy, macs, uniform_ratios
+from vitprune.spaces.budget import fit_to_budget
+
+# A smaller digits ViT (depth 3, dim 48) that trains in seconds: enough to show learning.
+SMALL = ModelConfig(name="vitprune_digits_vit", args={"depth": 3, "embed_dim": 48, "num_heads": 3})
+QUICK = DenseTrainingConfig(epochs=12, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    return cached_context(SMALL, DataConfig(), QUICK, tmp_path_factory.mktemp("cache"))
+
+
+def test_a_briefly_trained_small_model_beats_chance_clearly(context):
+    assert context.dense_test_accuracy > 0.6  # chance is 0.1
+
+
+def test_the_context_is_built_once_per_process(context, tmp_path_factory):
+    assert cached_context(SMALL, DataConfig(), QUICK, context_cache_dir(context)) is context
+
+
+def context_cache_dir(context):
+    from vitprune.evaluators.trial import _CONTEXTS
+
+    key = next(key for key, value in _CONTEXTS.items() if value is context)
+    from pathlib import Path
+
+    return Path(key.split("|")[-1])
+
+
+def test_the_trained_model_is_cached_on_disk(context, tmp_path_factory):
+    cache_dir = context_cache_dir(context)
+    dense, _ = prepare_dense(SMALL, DataConfig(), QUICK, cache_dir=cache_dir)
+    assert dense.test_accuracy == context.dense_test_accuracy
+    assert (dense.directory / "model.safetensors").exists() and (dense.directory / "metrics.json").exists()
+    reloaded = dense.model.state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in context.dense.state_dict().items())
+
+
+def test_finetuning_a_half_macs_model_beats_its_zero_shot_accuracy(context):
+    scores = get_criterion("magnitude")(context.dense, base=context.base)
+    budget = 0.5 * macs(Policy.keep_all(context.base))
+    fit = fit_to_budget(
+        lambda s: build_policy(context.base, scores, uniform_ratios(3, heads=s, mlp=s, v=s), align=8),
+        macs,
+        budget,
+    )
+    result = evaluate_policy(
+        fit.policy,
+        context,
+        finetune_config=FinetuneConfig(epochs=3, lr=2e-3),
+        latency_config=LatencyConfig(batch_size=8, repeats=2, warmup=1),
+        device="cpu",
+        test=True,
+    )
+    m = result.metrics
+    assert m["macs"] <= budget
+    assert m["accuracy"] > m["zero_shot_accuracy"] + 0.05
+    assert m["latency_ms"] > 0 and m["latency_min_ms"] <= m["latency_ms"] <= m["latency_max_ms"]
+    assert 0 <= m["test_accuracy"] <= 1 and m["finetune_epochs"] == 3
+    assert sum(p.numel() for p in result.model.parameters()) == m["params"]
+
+
+def test_a_checkpoint_with_another_class_count_gets_a_resized_head(tmp_path, caplog):
+    source = timm.create_model("vitprune_digits_vit", depth=1, embed_dim=32, num_heads=2, num_classes=5)
+    torch.save({"model": source.state_dict()}, tmp_path / "five.pth")
+    config = ModelConfig(
+        name="vitprune_digits_vit",
+        checkpoint=tmp_path / "five.pth",
+        args={"depth": 1, "embed_dim": 32, "num_heads": 2},
+    )
+    with caplog.at_level(logging.WARNING):
+        dense, _ = prepare_dense(config, DataConfig(), DenseTrainingConfig(epochs=1), cache_dir=tmp_path)
+    assert "classifier resized from 5 to 10 classes" in caplog.text
+    assert dense.base.num_classes == 10 and dense.model.head.out_features == 10
+    assert not torch.equal(dense.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)  # trained
+
+
+@pytest.mark.slow
+def test_the_embedded_digits_model_reaches_its_accuracy_target(tmp_path):
+    dense, _ = prepare_dense(ModelConfig(), DataConfig(), DenseTrainingConfig(), cache_dir=tmp_path)
+    assert dense.test_accuracy >= 0.97
