@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.5, help="MACs budget as a fraction of dense")
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3, help="random rankings to average")
+    parser.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunes to average per policy")
     parser.add_argument("--calibration-batches", type=int, default=4)
     args = parser.parse_args()
 
@@ -93,14 +94,15 @@ def main() -> None:
     scores |= {f"random-{s}": compute_scores("random", dense, base=base, seed=s) for s in range(args.seeds)}
     budget = Budget("macs", args.budget * macs(Policy.keep_all(base)))
     search_val = context.data.eval_loader("search-val")
-    finetune = FinetuneConfig(epochs=args.finetune_epochs)
+    finetunes = [FinetuneConfig(epochs=args.finetune_epochs, seed=s) for s in range(args.finetune_seeds)]
 
     print(
         f"# digits ViT (dense search-val {accuracy(dense, search_val).top1:.3f}, "
         f"test {context.dense_test_accuracy:.3f}); budget {args.budget:.0%} of dense MACs; "
-        f"fine-tune {args.finetune_epochs} epochs with distillation; {datetime.date.today()}"
+        f"fine-tune {args.finetune_epochs} epochs with distillation, mean of {args.finetune_seeds} seeds; "
+        f"{datetime.date.today()}"
     )
-    print("| group | criterion | MACs ratio | zero-shot search-val | fine-tuned search-val |")
+    print("| group | criterion | MACs ratio | zero-shot search-val | fine-tuned search-val (mean ± sd) |")
     print("|---|---|---|---|---|")
     for group, by_criterion in rankings(scores, args.seeds).items():
         proposal = proposals(base.depth)[group]
@@ -109,15 +111,14 @@ def main() -> None:
             for candidate in candidates:
                 policy = project(proposal, base=base, scores=candidate, budget=budget, measure=macs).policy
                 zero.append(accuracy(apply_policy(dense, policy), search_val).top1)
-                tuned.append(
-                    evaluate_policy(policy, context, finetune_config=finetune, device="cpu").metrics[
-                        "accuracy"
-                    ]
-                )
+                for finetune in finetunes:
+                    result = evaluate_policy(policy, context, finetune_config=finetune, device="cpu")
+                    tuned.append(result.metrics["accuracy"])
                 ratio.append(macs(policy) / macs(Policy.keep_all(base)))
+            spread = statistics.stdev(tuned) if len(tuned) > 1 else 0.0
             print(
                 f"| {group} | {label} | {statistics.mean(ratio):.3f} | {statistics.mean(zero):.3f} | "
-                f"{statistics.mean(tuned):.3f} |",
+                f"{statistics.mean(tuned):.3f} ± {spread:.3f} |",
                 flush=True,
             )
     print(

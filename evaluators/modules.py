@@ -33,6 +33,8 @@ class PrunedAttention(nn.Module):
         attn_drop, proj_drop: dropout rates (training only).
 
     ``qkv`` is one ``Linear(D, H·(2·qk_dim + v_dim))`` laid out ``[q heads | k heads | v heads]``.
+    When ``qk_dim != v_dim`` the narrower of q/k and v is zero-padded to ``sdpa_dim`` before the
+    attention call (exact), because PyTorch's fused kernels need equal widths.
 
     Shapes: ``x`` is ``(B, N, D)``; returns ``(out (B, N, D), cls_attention (B, N) or None)``.
     """
@@ -58,6 +60,7 @@ class PrunedAttention(nn.Module):
         self.qk_dim = qk_dim
         self.v_dim = v_dim
         self.attn_dim = num_heads * v_dim
+        self.sdpa_dim = max(qk_dim, v_dim)  # fused kernels need equal q/k and v widths: pad the narrower
         self.scale = scale
         self.score_tokens = score_tokens
         self.attn_drop = attn_drop
@@ -72,9 +75,15 @@ class PrunedAttention(nn.Module):
         q = q.view(B, N, self.num_heads, self.qk_dim).transpose(1, 2)
         k = k.view(B, N, self.num_heads, self.qk_dim).transpose(1, 2)
         v = v.view(B, N, self.num_heads, self.v_dim).transpose(1, 2)
+        # Zero dims change no score and add zero output columns, so padding is exact; without it,
+        # unequal widths fall back to the math kernel, which is slower than the dense model.
         out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )
+            F.pad(q, (0, self.sdpa_dim - self.qk_dim)),
+            F.pad(k, (0, self.sdpa_dim - self.qk_dim)),
+            F.pad(v, (0, self.sdpa_dim - self.v_dim)),
+            dropout_p=self.attn_drop if self.training else 0.0,
+            scale=self.scale,
+        )[..., : self.v_dim]
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, self.attn_dim)))
         return out, (cls_attention(q, k, self.scale) if self.score_tokens else None)
 

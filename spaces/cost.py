@@ -5,10 +5,14 @@ MACs are per image (batch 1) and count every multiply-accumulate that ``FlopCoun
 matmuls at the layer's token count, the class-token attention row that ranks tokens where a layer
 prunes them, and the classifier(s). Norms, softmax, GELU and additions are not MACs.
 
+The two attention matmuls run at ``max(d_qk, d_v)``: fused attention kernels need equal q/k and v
+widths, so the pruned model zero-pads the narrower ones (exactly) rather than fall back to the
+slow math kernel; the cost model counts what runs.
+
 Per layer, with ``N`` tokens entering (prefix included), ``N'`` leaving, ``H`` kept heads of
 ``d_qk`` / ``d_v`` dims and ``h`` kept MLP neurons::
 
-    attention = N·D·H(2·d_qk + d_v) + H·N²(d_qk + d_v) + N·H·d_v·D  [+ H·N·d_qk if N' < N]
+    attention = N·D·H(2·d_qk + d_v) + 2·H·N²·max(d_qk, d_v) + N·H·d_v·D  [+ H·N·d_qk if N' < N]
     mlp       = 2·N'·D·h      (gelu or linear form)
               = N'·D²         (merged form, used when h > D/2 and the activation is removed)
 
@@ -96,7 +100,8 @@ def layer_cost(base: Architecture, layer: LayerPolicy, *, tokens_in: int) -> Lay
     if layer.attention:
         H, d_qk, d_v = layer.num_heads, layer.qk_dim, layer.v_dim
         qkv_width = H * (2 * d_qk + d_v)
-        attention_macs = n_in * D * qkv_width + H * n_in * n_in * (d_qk + d_v) + n_in * H * d_v * D
+        sdpa = 2 * H * n_in * n_in * max(d_qk, d_v)  # both matmuls at the padded width (see PrunedAttention)
+        attention_macs = n_in * D * qkv_width + sdpa + n_in * H * d_v * D
         if layer.keep_tokens < tokens_in:
             attention_macs += H * n_in * d_qk  # the class-token row that ranks the tokens
         attention_params = (

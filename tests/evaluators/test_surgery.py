@@ -184,10 +184,14 @@ def _sdpa_kernels(model, x):
     return {e.name for e in prof.events() if "scaled_dot_product" in e.name}
 
 
-def test_equal_widths_run_the_fused_kernel():
+@pytest.mark.parametrize(("qk_dim", "v_dim"), [(16, 16), (8, 16), (16, 8)])
+def test_attention_runs_the_fused_kernel_for_any_widths(qk_dim, v_dim):
     model, base = tiny_model("deit")
-    equal = _replace_layers(Policy.keep_all(base), lambda i, layer: {"qk": layer.v[:], "heads": layer.heads})
-    kernels = _sdpa_kernels(apply_policy(model, equal).eval(), _input(base))
+    policy = _replace_layers(
+        Policy.keep_all(base),
+        lambda i, layer: {"qk": (tuple(range(qk_dim)),) * 4, "v": (tuple(range(v_dim)),) * 4},
+    )
+    kernels = _sdpa_kernels(apply_policy(model, policy).eval(), _input(base))
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels
     assert "aten::_scaled_dot_product_attention_math" not in kernels
 

@@ -30,7 +30,7 @@ def test_deit_small_matches_published_figures():
 
 def _hand_layer_macs(D, n_in, n_out, heads, d_qk, d_v, mlp_macs_per_token, scores_tokens):
     qkv = n_in * D * heads * (2 * d_qk + d_v)
-    attention = heads * n_in * n_in * (d_qk + d_v)
+    attention = 2 * heads * n_in * n_in * max(d_qk, d_v)  # padded to equal widths for the fused kernel
     proj = n_in * heads * d_v * D
     ranking = heads * n_in * d_qk if scores_tokens else 0
     return qkv + attention + proj + ranking + n_out * mlp_macs_per_token
