@@ -130,8 +130,10 @@ class AxSearcher(Searcher):
             logger.warning("Ax trial %d is already %s: ignored", index, optimizer.status(index))
         elif error:
             optimizer.fail(index, f"Tune trial {trial_id} raised (after its retries, if any)")
-        elif not result or result.get(FINAL_KEY) is not True:
-            iteration = (result or {}).get("training_iteration")
+        elif not result:
+            optimizer.abandon(index, "stopped before it reported anything")
+        elif result.get(FINAL_KEY) is not True:
+            iteration = result.get("training_iteration")
             optimizer.abandon(
                 index, f"stopped early (last report: iteration {iteration}); partial results are not final"
             )

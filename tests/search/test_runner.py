@@ -34,13 +34,13 @@ def _searcher(tmp_path: Path, *, max_trials: int = 8, method: str = "gp_ei") -> 
     )
 
 
-def _run(trainable, searcher, tmp_path, **kwargs):
+def _run(trainable, searcher, tmp_path, *, resources=None, **kwargs):
     return run_search(
         trainable,
         searcher,
         storage_path=tmp_path / "tune",
         max_concurrent_trials=2,
-        resources={"cpu": 1},
+        resources=resources or {"cpu": 1},
         reuse_actors=True,
         verbose=0,
         **kwargs,
@@ -125,7 +125,8 @@ def test_early_stopped_trials_are_abandoned_not_observed(tmp_path, ray_cluster):
     def stop(trial_id, result):  # an early-stopping rule that picks the points with b < 0.5
         return result["config"]["b"] < 0.5 and result.get("epoch", 0) >= 2
 
-    run = _run(as_trainable(train), _searcher(tmp_path, max_trials=4, method="random"), tmp_path, stop=stop)
+    searcher = _searcher(tmp_path, max_trials=4, method="random")
+    run = _run(as_trainable(train), searcher, tmp_path, stop=stop, resources={"cpu": 0.5})  # fractional
 
     records = run.optimizer.trials()
     assert {r.node for r in records} == {"Sobol"}  # the random method

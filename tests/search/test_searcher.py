@@ -60,16 +60,17 @@ def test_waits_without_asking_ax_again_until_a_trial_ends(tmp_path, monkeypatch)
 
 
 def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path):
-    searcher = _searcher(tmp_path, max_trials=4, concurrency=4, initial_trials=4)
-    points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
+    searcher = _searcher(tmp_path, max_trials=5, concurrency=5, initial_trials=5)
+    points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(5)}
     searcher.on_trial_complete("t0", error=True)
     partial = {**fake.evaluate(points["t1"]), "accuracy": 0.99, "training_iteration": 2, "done": True}
     searcher.on_trial_complete("t1", partial)  # stopped by ASHA: `done` but not final
     bad = {FINAL_KEY: True, "macs": 0.3, "training_iteration": 3}  # final report without accuracy
     searcher.on_trial_complete("t2", bad)
     searcher.on_trial_complete("t3", _final(points["t3"]))
+    searcher.on_trial_complete("t4")  # stopped while pending (time budget): no result at all
     records = searcher.optimizer.trials()
-    assert [r.status for r in records] == ["FAILED", "ABANDONED", "FAILED", "COMPLETED"]
+    assert [r.status for r in records] == ["FAILED", "ABANDONED", "FAILED", "COMPLETED", "ABANDONED"]
     assert records[0].reason == "Tune trial t0 raised (after its retries, if any)"
     assert records[1].reason == "stopped early (last report: iteration 2); partial results are not final"
     assert records[1].metrics == {}  # the partial 0.99 is not an observation
@@ -78,6 +79,7 @@ def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path):
         == "bad final report: metrics: trial 2 lacks ['accuracy'], which the optimisation needs"
     )
     assert records[3].metrics == pytest.approx(fake.evaluate(points["t3"]))  # Tune's own keys are dropped
+    assert (records[4].reason, records[4].metrics) == ("stopped before it reported anything", {})
     searcher.on_trial_complete("t3", _final(points["t3"]))  # a second report for an ended trial is ignored
     assert searcher.optimizer.status(3) == "COMPLETED"
 
@@ -133,3 +135,15 @@ def test_experiment_dir_lookup_reads_the_newest_checkpoint(tmp_path):
 def test_rejects_a_nonpositive_budget():
     with pytest.raises(ValueError, match="max_trials: must be at least 1, got 0"):
         AxSearcher(Optimizer(), max_trials=0)
+
+
+def test_restore_rewinds_a_snapshot_that_ran_ahead_of_the_checkpoint(tmp_path):
+    searcher = _searcher(tmp_path, concurrency=2)
+    points = [searcher.suggest("t0"), searcher.suggest("t1")]
+    searcher.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last checkpoint
+    searcher.on_trial_complete("t0", _final(points[0]))  # then the driver dies
+    ahead = [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()]
+    assert ahead == ["COMPLETED", "RUNNING"]
+    _restored(tmp_path / "searcher-state.pkl")  # Tune resumes t0 and t1: both still run in Ax
+    rewound = [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()]
+    assert rewound == ["RUNNING", "RUNNING"]
