@@ -82,6 +82,7 @@ class AxSearcher(Searcher):
         self._live: dict[str, int] = {}  # Tune trial id → Ax index, handed out and not ended
         self._ended: dict[str, int] = {}  # Tune trial id → Ax index, ended in Ax
         self._waiting = False  # Ax wants observations first: do not ask again until a trial ends
+        self._warned_partial = False
 
     # -------------------------------------------------------------------- Tune hooks
     def set_max_concurrency(self, max_concurrent: int) -> bool:
@@ -137,6 +138,14 @@ class AxSearcher(Searcher):
             optimizer.abandon(
                 index, f"stopped early (last report: iteration {iteration}); partial results are not final"
             )
+            if not self._warned_partial:  # a trainable that forgets the flag loses every trial
+                self._warned_partial = True
+                logger.warning(
+                    "Ax trial %d abandoned: its last report has no %r. Early-stopped trials end this "
+                    "way; a trainable must send its final report as final_result(metrics).",
+                    index,
+                    FINAL_KEY,
+                )
         else:
             metrics = {name: result[name] for name in optimizer.metric_names if name in result}
             try:
@@ -179,6 +188,7 @@ class AxSearcher(Searcher):
         self._live = {str(k): int(v) for k, v in state["live"].items()}
         self._ended = {str(k): int(v) for k, v in state["ended"].items()}
         self._waiting = False
+        self._warned_partial = False
 
     def save(self, checkpoint_path: str) -> None:
         """Called by Tune at each experiment checkpoint (it renames the file into place itself)."""

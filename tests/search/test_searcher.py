@@ -59,7 +59,7 @@ def test_waits_without_asking_ax_again_until_a_trial_ends(tmp_path, monkeypatch)
     assert searcher.optimizer.trials()[2].node == "GP"
 
 
-def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path):
+def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
     searcher = _searcher(tmp_path, max_trials=5, concurrency=5, initial_trials=5)
     points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(5)}
     searcher.on_trial_complete("t0", error=True)
@@ -82,6 +82,11 @@ def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path):
     assert (records[4].reason, records[4].metrics) == ("stopped before it reported anything", {})
     searcher.on_trial_complete("t3", _final(points["t3"]))  # a second report for an ended trial is ignored
     assert searcher.optimizer.status(3) == "COMPLETED"
+    hints = [r for r in caplog.records if r.name == "vitprune.search.searcher" and r.levelname == "WARNING"]
+    assert [r.getMessage().split(":")[0] for r in hints] == [
+        "Ax trial 1 abandoned",  # the missing-flag hint, once
+        "Tune trial t3 has no running Ax trial (ended already?)",
+    ]
 
 
 def test_snapshot_follows_every_trial_that_ends(tmp_path):
