@@ -1,0 +1,436 @@
+"""The Ax ``Client`` of one search, behind a small typed surface in lifecycle order.
+
+configure → suggest → complete / fail / abandon → best, with JSON snapshots at any point::
+
+    >>> optimizer = Optimizer()
+    >>> optimizer.configure(
+    ...     ["keep_heads", "keep_mlp"],
+    ...     objective="accuracy",
+    ...     outcome_constraints=["latency_ms <= 12.5"],
+    ...     tracked_metrics=["macs", "params"],
+    ...     generation=GenerationConfig(initial_trials=4),
+    ... )
+    >>> for index, point in optimizer.suggest(2).items():  # one call, one GP fit, two trials
+    ...     optimizer.complete(index, evaluate(point))
+    >>> optimizer.best().parameters
+
+Every parameter is a float in [0, 1]: integer parameters make the acquisition optimiser several
+times slower, so decoding a point into a policy (rounding to whole heads, neurons, layers) is the
+trainable's job. Metrics are reported without a standard error; Ax then infers the noise level,
+and judges feasibility on the measured value itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ax import Client, RangeParameterConfig
+from ax.core.experiment import Experiment
+from ax.core.trial_status import TrialStatus
+from ax.exceptions.core import DataRequiredError
+from vitprune.search.generation import SOBOL_NODE, GenerationConfig, build_generation_strategy
+from vitprune.search.records import (
+    BestPoint,
+    NoFeasibleTrialError,
+    OptimizerStateError,
+    Suggestion,
+    SuggestionTiming,
+    TrialRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Optimizer:
+    """Owns the Ax ``Client`` of one search.
+
+    Args:
+        torch_threads: Torch intra-op threads while Ax fits and optimises (restored afterwards).
+            The GP's tensors are tiny: on 2 cores shared with training jobs, one thread is several
+            times faster than two, which spin-wait against the trials. ``None`` leaves torch as is.
+    """
+
+    def __init__(self, *, torch_threads: int | None = 1) -> None:
+        self._client: Client | None = None
+        self._torch_threads = torch_threads
+        self._suggestions: list[Suggestion] = []
+        self._encoded: str | None = None  # see _ax_json
+        self._encode_s = 0.0
+
+    # -------------------------------------------------------------------- configure
+    def configure(
+        self,
+        parameters: Sequence[str],
+        *,
+        objective: str,
+        outcome_constraints: Sequence[str] = (),
+        tracked_metrics: Sequence[str] = (),
+        generation: GenerationConfig | None = None,
+        name: str = "vitprune",
+    ) -> None:
+        """Define the search space, the goal and how points are generated.
+
+        Args:
+            parameters: Names of the float parameters, each in [0, 1].
+            objective: Ax objective string: ``"accuracy"`` (maximise), ``"-loss"`` (minimise),
+                or a Pareto objective such as ``"accuracy, -latency_ms"``.
+            outcome_constraints: Ax constraint strings on measured metrics, e.g.
+                ``["latency_ms <= 12.5"]``.
+            tracked_metrics: Metrics that are recorded but neither optimised nor modelled.
+            generation: Method, initialisation budget, seed and acquisition optimiser budget.
+            name: Name of the Ax experiment.
+        """
+        if self._client is not None:
+            raise OptimizerStateError("configure: already configured; create a new Optimizer")
+        if not parameters:
+            raise ValueError("parameters: at least one parameter name is needed")
+        if len(set(parameters)) != len(parameters):
+            duplicates = sorted({p for p in parameters if list(parameters).count(p) > 1})
+            raise ValueError(f"parameters: duplicate names {duplicates}")
+        generation = generation or GenerationConfig()
+        client = Client(random_seed=generation.seed)
+        client.configure_experiment(
+            parameters=[
+                RangeParameterConfig(name=p, parameter_type="float", bounds=(0.0, 1.0)) for p in parameters
+            ],
+            name=name,
+        )
+        try:
+            client.configure_optimization(objective=objective, outcome_constraints=list(outcome_constraints))
+        except Exception as error:  # Ax raises parser-specific errors: report the strings
+            raise ValueError(
+                f"objective {objective!r} / outcome_constraints {list(outcome_constraints)}: {error}"
+            ) from error
+        client.configure_tracking_metrics(
+            [m for m in tracked_metrics if m not in client._experiment.metrics]  # no duplicate warnings
+        )
+        multi_objective = client._experiment.optimization_config.is_moo_problem
+        client.set_generation_strategy(build_generation_strategy(generation, multi_objective=multi_objective))
+        self._client = client
+
+    # -------------------------------------------------------------------- generate
+    def suggest(self, n: int = 1) -> dict[int, dict[str, float]]:
+        """Create up to ``n`` trials with one ``Client.get_next_trials`` call (one model fit).
+
+        Fewer than ``n`` (possibly none) come back while the Sobol budget is used up and Ax
+        waits for observations before fitting the GP, and on the call that moves from Sobol to
+        the GP. Points of running trials are pending points for the acquisition function, so a
+        batch does not repeat itself.
+
+        Returns:
+            Ax trial index → point, for the trials created (now RUNNING in Ax).
+        """
+        if n < 1:
+            raise ValueError(f"n: must be at least 1, got {n}")
+        client = self._configured_client("suggest")
+        start = time.perf_counter()
+        try:
+            with self._torch_threads_set():
+                trials = client.get_next_trials(max_trials=n)
+        except DataRequiredError:
+            logger.debug("Ax waits for observations before generating more trials")
+            return {}
+        seconds = time.perf_counter() - start
+        self._changed()  # a generation strategy may move on even without new trials
+        if trials:
+            node = self._experiment.trials[min(trials)].generator_runs[0]._generation_node_name
+            self._suggestions.append(Suggestion(seconds=seconds, trials=len(trials), node=node or "?"))
+            logger.info("Suggested %d trial(s) from %s in %.2f s", len(trials), node, seconds)
+        return {index: {k: float(v) for k, v in point.items()} for index, point in trials.items()}
+
+    # -------------------------------------------------------------------- complete
+    def complete(self, index: int, metrics: Mapping[str, float]) -> str:
+        """Attach the final metrics of a RUNNING trial and mark it COMPLETED.
+
+        A trial whose objective or constraint metric is not finite (NaN loss, diverged
+        fine-tuning) is marked FAILED instead: Ax never sees the value.
+
+        Args:
+            index: Ax trial index.
+            metrics: Every objective and constraint metric, optionally tracked metrics.
+
+        Returns:
+            The trial's new status, ``"COMPLETED"`` or ``"FAILED"``.
+
+        Raises:
+            ValueError: A metric is unknown, or an objective/constraint metric is missing.
+        """
+        self._running_trial(index, "complete")
+        unknown = sorted(set(metrics) - set(self.metric_names))
+        if unknown:
+            raise ValueError(f"metrics: unknown {unknown}; known metrics are {list(self.metric_names)}")
+        missing = sorted(set(self.required_metric_names) - set(metrics))
+        if missing:
+            raise ValueError(f"metrics: trial {index} lacks {missing}, which the optimisation needs")
+        values = {name: float(value) for name, value in metrics.items()}
+        not_finite = {name: v for name, v in values.items() if not math.isfinite(v)}
+        if any(name in self.required_metric_names for name in not_finite):
+            self.fail(index, f"non-finite metrics {not_finite}")
+            return TrialStatus.FAILED.name
+        finite = {name: v for name, v in values.items() if name not in not_finite}
+        self._changed()
+        status = self._configured_client("complete").complete_trial(trial_index=index, raw_data=finite)
+        return status.name
+
+    def fail(self, index: int, reason: str) -> None:
+        """Mark a RUNNING trial FAILED (it raised, ran out of memory, or reported NaN)."""
+        self._running_trial(index, "fail")
+        self._changed()
+        self._configured_client("fail").mark_trial_failed(trial_index=index, failed_reason=reason)
+        logger.info("Trial %d FAILED: %s", index, reason)
+
+    def abandon(self, index: int, reason: str) -> None:
+        """Mark a RUNNING trial ABANDONED, with no data: for trials stopped early.
+
+        Ax 1.3.1 offers three ways to end a trial that did not finish; only this one keeps its
+        partial accuracy out of the GP:
+
+        - ``mark_trial_early_stopped`` refuses a trial without data (``UnsupportedError``), and
+          EARLY_STOPPED is one of the statuses whose data the GP fits
+          (``DataLoaderConfig.statuses_to_fit``), so partial accuracy would count as final;
+        - ``complete_trial`` with the partial result is the same mistake;
+        - ``ABANDONED`` trials are excluded from the training data (``fit_abandoned=False``) and
+          their points stay pending, so Ax does not propose the same point again.
+        """
+        self._running_trial(index, "abandon")
+        self._changed()
+        # Client.mark_trial_abandoned takes no reason; the trial object keeps one.
+        self._experiment.trials[index].mark_abandoned(reason=reason)
+        logger.info("Trial %d ABANDONED: %s", index, reason)
+
+    # -------------------------------------------------------------------- best
+    def best(self) -> BestPoint:
+        """Ax's best feasible trial by observed value (single objective).
+
+        Raises:
+            NoFeasibleTrialError: No completed trial satisfies every outcome constraint.
+            OptimizerStateError: The objective is a Pareto objective: call ``pareto_frontier``.
+        """
+        client = self._configured_client("best")
+        if self.multi_objective:
+            raise OptimizerStateError("best: the objective has several metrics; call pareto_frontier()")
+        if not self._experiment.trials_by_status[TrialStatus.COMPLETED]:
+            raise NoFeasibleTrialError("best: no trial has completed yet")
+        try:
+            with self._torch_threads_set():
+                parameters, metrics, index, _ = client.get_best_parameterization(use_model_predictions=False)
+        except AssertionError as error:  # Ax logs the reason and returns None, then asserts
+            raise NoFeasibleTrialError(
+                "best: no completed trial satisfies the outcome constraints"
+            ) from error
+        return BestPoint(index=index, parameters=_floats(parameters), metrics=_means(metrics))
+
+    def pareto_frontier(self) -> list[BestPoint]:
+        """Ax's feasible Pareto-optimal trials by observed values (Pareto objective)."""
+        client = self._configured_client("pareto_frontier")
+        if not self.multi_objective:
+            raise OptimizerStateError("pareto_frontier: the objective has one metric; call best()")
+        if not self._experiment.trials_by_status[TrialStatus.COMPLETED]:
+            raise NoFeasibleTrialError("pareto_frontier: no trial has completed yet")
+        with self._torch_threads_set():
+            frontier = client.get_pareto_frontier(use_model_predictions=False)
+        points = [BestPoint(index=i, parameters=_floats(p), metrics=_means(m)) for p, m, i, _ in frontier]
+        return sorted(points, key=lambda point: point.index)
+
+    # -------------------------------------------------------------------- inspect
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(self._experiment.search_space.parameters)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric the experiment knows: objectives, constraint metrics and tracked metrics."""
+        return tuple(self._experiment.metrics)
+
+    @property
+    def required_metric_names(self) -> tuple[str, ...]:
+        """Metrics a completed trial must report: objectives and outcome-constraint metrics."""
+        return tuple(sorted(self._experiment.optimization_config.metric_names))
+
+    @property
+    def multi_objective(self) -> bool:
+        return self._experiment.optimization_config.is_moo_problem
+
+    @property
+    def num_trials(self) -> int:
+        """Trials created so far, in any status."""
+        return len(self._experiment.trials)
+
+    def status(self, index: int) -> str:
+        return self._experiment.trials[index].status.name
+
+    def parameters(self, index: int) -> dict[str, float]:
+        return _floats(self._experiment.trials[index].arm.parameters)
+
+    def trials(self) -> list[TrialRecord]:
+        """Every trial in index order, with the generator that proposed it."""
+        experiment = self._experiment
+        observed: dict[int, dict[str, float]] = {}
+        for row in experiment.lookup_data().df.itertuples():
+            observed.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
+        records = []
+        for index, trial in sorted(experiment.trials.items()):
+            run = trial.generator_runs[0]
+            kwargs = run._generator_kwargs or {}
+            acquisition = kwargs.get("botorch_acqf_class")
+            spec = kwargs.get("surrogate_spec")
+            model = spec.model_configs[0].botorch_model_class if spec is not None else None
+            records.append(
+                TrialRecord(
+                    index=index,
+                    status=trial.status.name,
+                    parameters=_floats(trial.arm.parameters),
+                    metrics=observed.get(index, {}),
+                    node=run._generation_node_name or "?",
+                    generator=run._generator_key or "?",
+                    model=model.__name__ if model is not None else None,
+                    acquisition=acquisition.__name__ if acquisition is not None else None,
+                    reason=trial.status_reason,
+                    fit_s=float(run.fit_time or 0.0),
+                    gen_s=float(run.gen_time or 0.0),
+                )
+            )
+        return records
+
+    def model_training_trials(self) -> set[int]:
+        """Trials whose data the most recently fitted model trained on (empty before any fit)."""
+        adapter = self._configured_client("model_training_trials")._generation_strategy.adapter
+        if adapter is None:
+            return set()
+        index = adapter.get_training_data().observation_data.index
+        return {int(i) for i in index.get_level_values("trial_index")}
+
+    def modelled_metrics(self) -> tuple[str, ...]:
+        """Metrics the most recently fitted model predicts (tracked metrics are not modelled)."""
+        adapter = self._configured_client("modelled_metrics")._generation_strategy.adapter
+        return tuple(sorted(adapter.outcomes)) if adapter is not None else ()
+
+    def timing(self, node: str | None = None) -> SuggestionTiming:
+        """Seconds spent in ``suggest`` calls that produced trials, optionally for one node."""
+        return SuggestionTiming.of([s for s in self._suggestions if node is None or s.node == node])
+
+    @property
+    def seed(self) -> int | None:
+        """The Sobol / acquisition seed, read back from the generation strategy."""
+        sobol = self._configured_client("seed")._generation_strategy.nodes_by_name[SOBOL_NODE]
+        return sobol.generator_specs[0].generator_kwargs.get("seed")
+
+    # -------------------------------------------------------------------- persist
+    def snapshot(self, path: str | os.PathLike[str]) -> None:
+        """Write the Ax snapshot (``Client.load_from_json_file`` reads it) atomically.
+
+        The JSON goes to a temporary file in the same folder, is flushed to disk, then renamed
+        over ``path``: a reader (or a driver killed mid-write) never sees a partial file.
+        """
+        _write_atomically(Path(path), self._ax_json())
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str], *, torch_threads: int | None = 1) -> Optimizer:
+        """An optimizer continuing the experiment of a ``snapshot`` (suggestion timings restart)."""
+        return cls.from_state(
+            {"ax": Path(path).read_text(), "suggestions": [], "torch_threads": torch_threads}
+        )
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable state: the Ax snapshot (a JSON string), the timings, the torch threads."""
+        return {
+            "ax": self._ax_json(),
+            "suggestions": [dataclasses.asdict(s) for s in self._suggestions],
+            "torch_threads": self._torch_threads,
+            "encode_s": self._encode_s,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Optimizer:
+        """Inverse of ``state``: the same experiment, generation strategy and timings."""
+        optimizer = cls(torch_threads=state["torch_threads"])
+        # Client._from_json_snapshot is what Client.load_from_json_file runs after reading the file.
+        client = Client._from_json_snapshot(snapshot=json.loads(state["ax"]))
+        optimizer._client = client
+        client._random_seed = optimizer.seed  # not part of Ax's snapshot
+        optimizer._suggestions = [Suggestion(**s) for s in state["suggestions"]]
+        optimizer._encoded = state["ax"]
+        optimizer._encode_s = float(state.get("encode_s", 0.0))
+        return optimizer
+
+    @property
+    def encode_s(self) -> float:
+        """Seconds spent encoding the Ax experiment to JSON (snapshots and checkpoints)."""
+        return self._encode_s
+
+    # -------------------------------------------------------------------- private
+    def _configured_client(self, caller: str) -> Client:
+        if self._client is None:
+            raise OptimizerStateError(f"{caller}: the optimizer is not configured; call configure() first")
+        return self._client
+
+    def _ax_json(self) -> str:
+        """The Ax snapshot as JSON, encoded once per change of the experiment.
+
+        Encoding is not cheap (about 2 s and 5 MB at 100 trials of 50 parameters: every trial
+        carries its own copy of the search space), and both the snapshot written after a trial
+        ends and Tune's next checkpoint need it.
+        """
+        if self._encoded is None:
+            start = time.perf_counter()
+            self._encoded = json.dumps(self._configured_client("snapshot")._to_json_snapshot())
+            self._encode_s += time.perf_counter() - start
+        return self._encoded
+
+    def _changed(self) -> None:
+        self._encoded = None
+
+    @property
+    def _experiment(self) -> Experiment:
+        # Client has no public accessor for its experiment (Ax 1.3); vitprune pins ax < 1.4.
+        return self._configured_client("experiment")._experiment
+
+    def _running_trial(self, index: int, caller: str) -> None:
+        trials = self._experiment.trials
+        if index not in trials:
+            raise KeyError(f"{caller}: no trial {index}; the experiment has trials 0..{len(trials) - 1}")
+        if trials[index].status != TrialStatus.RUNNING:
+            raise OptimizerStateError(
+                f"{caller}: trial {index} is {trials[index].status.name}, only a RUNNING trial can end"
+            )
+
+    @contextlib.contextmanager
+    def _torch_threads_set(self) -> Iterator[None]:
+        if self._torch_threads is None:
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self._torch_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+
+def _floats(parameters: Mapping[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in parameters.items()}
+
+
+def _means(outcome: Mapping[str, Any]) -> dict[str, float]:
+    """Ax outcomes map a metric to ``(mean, sem)`` or to a mean: keep the mean."""
+    return {name: float(v[0] if isinstance(v, tuple) else v) for name, v in outcome.items()}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

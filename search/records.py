@@ -1,0 +1,92 @@
+"""What the optimizer hands back: trial records, best points, suggestion timings, typed errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+
+class OptimizerStateError(RuntimeError):
+    """A method was called before the step it depends on (e.g. ``suggest`` before ``configure``)."""
+
+
+class NoFeasibleTrialError(LookupError):
+    """No completed trial satisfies every outcome constraint (or none has completed yet)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Suggestion:
+    """One ``suggest`` call that produced trials.
+
+    Attributes:
+        seconds: Wall time of the ``Client.get_next_trials`` call (model fit + acquisition).
+        trials: Number of trials it generated.
+        node: Generation node that produced them (``"Sobol"`` or ``"GP"``).
+    """
+
+    seconds: float
+    trials: int
+    node: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SuggestionTiming:
+    """Summary of the optimiser's own cost: seconds spent in ``suggest`` calls."""
+
+    calls: int
+    trials: int
+    total_s: float
+    mean_s: float
+    max_s: float
+
+    @classmethod
+    def of(cls, suggestions: Sequence[Suggestion]) -> SuggestionTiming:
+        seconds = [s.seconds for s in suggestions]
+        return cls(
+            calls=len(seconds),
+            trials=sum(s.trials for s in suggestions),
+            total_s=sum(seconds),
+            mean_s=sum(seconds) / len(seconds) if seconds else 0.0,
+            max_s=max(seconds, default=0.0),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """One Ax trial as vitprune sees it.
+
+    Attributes:
+        index: Ax trial index.
+        status: Ax trial status name: ``"RUNNING"``, ``"COMPLETED"``, ``"FAILED"``, ``"ABANDONED"``.
+        parameters: The point, one float in [0, 1] per parameter.
+        metrics: Observed values attached to the trial (empty unless it completed).
+        node: Generation node that proposed the point (``"Sobol"`` or ``"GP"``).
+        generator: Ax generator that ran in that node (``"Sobol"`` or ``"BoTorch"``).
+        model: BoTorch model class of the GP (``"SingleTaskGP"``), ``None`` for Sobol.
+        acquisition: BoTorch acquisition function class, ``None`` for Sobol.
+        reason: Why the trial failed or was abandoned, if it was.
+        fit_s: Seconds Ax spent fitting the model for this trial's suggestion (0 when the fit
+            was shared with an earlier trial of the same batch).
+        gen_s: Seconds Ax spent optimising the acquisition function for it.
+    """
+
+    index: int
+    status: str
+    parameters: dict[str, float]
+    metrics: dict[str, float]
+    node: str
+    generator: str
+    model: str | None
+    acquisition: str | None
+    reason: str | None
+    fit_s: float
+    gen_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BestPoint:
+    """A trial chosen by Ax from observed values (not model predictions)."""
+
+    index: int
+    parameters: dict[str, float]
+    metrics: dict[str, float]

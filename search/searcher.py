@@ -1,0 +1,236 @@
+"""A Ray Tune ``Searcher`` around vitprune's Ax ``Optimizer``.
+
+Ray's own ``AxSearch`` does not work with Ax 1.3, and it would not batch suggestions or keep
+early-stopped trials out of the GP anyway. ``AxSearcher``:
+
+- maps each Tune trial id to one Ax trial index, for good: a trial that Tune retries
+  (``FailureConfig(max_failures=...)``) or resumes after the driver restarts keeps its id, so it
+  keeps its Ax trial; only its final outcome reaches Ax;
+- batches suggestions: when Tune asks and nothing is queued, it asks Ax for as many trials as
+  there are free concurrency slots (one ``get_next_trials`` call, one GP fit) and hands them out
+  one by one; it never creates more than ``max_trials`` Ax trials;
+- ends every Ax trial exactly once, in ``on_trial_complete``:
+
+  ====================================================  ==========================
+  Tune reports                                          Ax trial becomes
+  ====================================================  ==========================
+  ``error=True`` (raised after all retries)             FAILED
+  no result, or a last result without ``FINAL_KEY``     ABANDONED (no data)
+  a last result with ``result[FINAL_KEY] is True``      COMPLETED with its metrics
+  ====================================================  ==========================
+
+  Tune sets ``done=True`` both when a trainable returns and when a scheduler (ASHA) or a stopper
+  stops it, so ``done`` cannot tell a final result from a partial one: a trainable marks its
+  final report itself, with ``vitprune.search.report.final_result(metrics)``. Intermediate
+  reports never reach Ax (the GP would otherwise fit the partial accuracy of running trials as
+  if it were final);
+- writes the Ax snapshot after every trial that ends, and saves its whole state (Ax experiment,
+  id ↔ index map, queue) in Tune's experiment checkpoint, so ``Tuner.restore`` continues the same
+  Ax experiment.
+
+Resume semantics: Tune saves its trial table and this searcher's state in the same experiment
+checkpoint, so the two always agree. Trials that were running (or queued) at that checkpoint are
+resumed by Tune under the same ids and complete the Ax trials they already have; trials created
+after it never existed for either. ``experiment.json`` may be ahead of the checkpoint when the
+driver was killed; it is rewritten from the restored state, so it too goes back to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search import Searcher
+from vitprune.search.optimizer import Optimizer
+from vitprune.search.records import OptimizerStateError
+from vitprune.search.report import FINAL_KEY
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+class AxSearcher(Searcher):
+    """Tune ``Searcher`` that asks vitprune's ``Optimizer`` (Ax) for points.
+
+    Args:
+        optimizer: A configured optimizer; the searcher owns it from now on.
+        max_trials: Ax trials to create in all, failed and abandoned ones included; the Tuner's
+            ``num_samples`` must be the same (``run_search`` takes it from here).
+        snapshot_path: Where the Ax snapshot (``experiment.json``) is rewritten after every trial
+            that ends; made absolute, since Tune changes working directories.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        max_trials: int,
+        snapshot_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if max_trials < 1:
+            raise ValueError(f"max_trials: must be at least 1, got {max_trials}")
+        super().__init__(metric=None, mode=None)
+        self._optimizer = optimizer
+        self.max_trials = max_trials
+        self.snapshot_path = Path(snapshot_path).absolute() if snapshot_path is not None else None
+        self._max_concurrent: int | None = None
+        self._queue: list[int] = []  # Ax trials generated in a batch, not yet given to Tune
+        self._live: dict[str, int] = {}  # Tune trial id → Ax index, handed out and not ended
+        self._ended: dict[str, int] = {}  # Tune trial id → Ax index, ended in Ax
+        self._waiting = False  # Ax wants observations first: do not ask again until a trial ends
+        self._warned_partial = False
+
+    # -------------------------------------------------------------------- Tune hooks
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Take over ``max_concurrent_trials`` from Tune's ``ConcurrencyLimiter``: it sizes batches."""
+        self._max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, float] | str | None:
+        """A point for a new Tune trial, ``None`` to be asked later, or ``Searcher.FINISHED``."""
+        if trial_id in self._live:  # Tune never asks twice for one id; answer consistently if it did
+            return self._optimizer.parameters(self._live[trial_id])
+        if self._max_concurrent is not None and len(self._live) >= self._max_concurrent:
+            return None
+        if not self._queue:
+            remaining = self.max_trials - self._optimizer.num_trials
+            if remaining <= 0:
+                return Searcher.FINISHED
+            if self._waiting:
+                return None
+            free = 1 if self._max_concurrent is None else self._max_concurrent - len(self._live)
+            batch = self._optimizer.suggest(min(free, remaining))
+            if not batch:
+                self._waiting = True
+                return None
+            self._queue.extend(sorted(batch))
+        index = self._queue.pop(0)
+        self._live[trial_id] = index
+        logger.debug("Tune trial %s runs Ax trial %d", trial_id, index)
+        return self._optimizer.parameters(index)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Intermediate results are not observations: Ax never sees them."""
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        """End the Ax trial of ``trial_id``: FAILED, ABANDONED or COMPLETED (see module doc)."""
+        index = self._live.pop(trial_id, None)
+        if index is None:
+            logger.warning("Tune trial %s has no running Ax trial (ended already?): ignored", trial_id)
+            return
+        self._ended[trial_id] = index
+        self._waiting = False
+        optimizer = self._optimizer
+        if optimizer.status(index) != "RUNNING":
+            logger.warning("Ax trial %d is already %s: ignored", index, optimizer.status(index))
+        elif error:
+            optimizer.fail(index, f"Tune trial {trial_id} raised (after its retries, if any)")
+        elif not result:
+            optimizer.abandon(index, "stopped before it reported anything")
+        elif result.get(FINAL_KEY) is not True:
+            iteration = result.get("training_iteration")
+            optimizer.abandon(
+                index, f"stopped early (last report: iteration {iteration}); partial results are not final"
+            )
+            if not self._warned_partial:  # a trainable that forgets the flag loses every trial
+                self._warned_partial = True
+                logger.warning(
+                    "Ax trial %d abandoned: its last report has no %r. Early-stopped trials end this "
+                    "way; a trainable must send its final report as final_result(metrics).",
+                    index,
+                    FINAL_KEY,
+                )
+        else:
+            metrics = {name: result[name] for name in optimizer.metric_names if name in result}
+            try:
+                optimizer.complete(index, metrics)
+            except (ValueError, TypeError) as problem:
+                optimizer.fail(index, f"bad final report: {problem}")
+        self._write_snapshot()
+
+    # -------------------------------------------------------------------- inspect
+    @property
+    def optimizer(self) -> Optimizer:
+        return self._optimizer
+
+    @property
+    def trial_indices(self) -> dict[str, int]:
+        """Tune trial id → Ax trial index, for every trial handed out so far."""
+        return {**self._ended, **self._live}
+
+    # -------------------------------------------------------------------- persist
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "optimizer": self._optimizer.state(),
+            "max_trials": self.max_trials,
+            "snapshot_path": str(self.snapshot_path) if self.snapshot_path is not None else None,
+            "max_concurrent": self._max_concurrent,
+            "queue": list(self._queue),
+            "live": dict(self._live),
+            "ended": dict(self._ended),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"searcher state: version {state.get('version')!r}, expected {_STATE_VERSION}")
+        self._optimizer = Optimizer.from_state(state["optimizer"])
+        self.max_trials = int(state["max_trials"])
+        self.snapshot_path = Path(state["snapshot_path"]) if state["snapshot_path"] is not None else None
+        self._max_concurrent = state["max_concurrent"]
+        self._queue = [int(i) for i in state["queue"]]
+        self._live = {str(k): int(v) for k, v in state["live"].items()}
+        self._ended = {str(k): int(v) for k, v in state["ended"].items()}
+        self._waiting = False
+        self._warned_partial = False
+
+    def save(self, checkpoint_path: str) -> None:
+        """Called by Tune at each experiment checkpoint (it renames the file into place itself)."""
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Called by ``Tuner.restore``: continue the checkpointed Ax experiment."""
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+        logger.info(
+            "Restored the Ax experiment: %d of %d trials created, %d running, %d queued",
+            self._optimizer.num_trials,
+            self.max_trials,
+            len(self._live),
+            len(self._queue),
+        )
+        self._write_snapshot()  # experiment.json may be ahead of the checkpoint: realign it
+
+    @classmethod
+    def from_experiment_dir(cls, path: str | os.PathLike[str]) -> AxSearcher:
+        """The searcher as Tune last checkpointed it in the experiment folder ``path``."""
+        checkpoints = sorted(Path(path).glob(cls.CKPT_FILE_TMPL.format("*")))
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"{path}: no {cls.CKPT_FILE_TMPL.format('*')}; is it a Tune experiment folder?"
+            )
+        searcher = cls.__new__(cls)
+        searcher.__setstate__(json.loads(checkpoints[-1].read_text()))  # newest session sorts last
+        return searcher
+
+    # Tune pickles the searcher into tuner.pkl when the Tuner is built: pickle the JSON state.
+    def __getstate__(self) -> dict[str, Any]:
+        return self.get_state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Searcher.__init__(self, metric=None, mode=None)
+        self.set_state(state)
+
+    # -------------------------------------------------------------------- private
+    def _write_snapshot(self) -> None:
+        if self.snapshot_path is None:
+            return
+        try:
+            self._optimizer.snapshot(self.snapshot_path)
+        except (OSError, OptimizerStateError) as problem:  # never stop a search for a snapshot
+            logger.error("Could not write the Ax snapshot %s: %s", self.snapshot_path, problem)

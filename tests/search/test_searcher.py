@@ -1,0 +1,154 @@
+"""AxSearcher driven by hand, as Tune drives it, without starting Ray."""
+
+import json
+import pickle
+
+import fake_objective as fake
+import pytest
+from ray.tune.search import Searcher
+from vitprune.search import FINAL_KEY, AxSearcher, Optimizer, final_result
+
+
+def _searcher(tmp_path, *, max_trials=6, concurrency=3, initial_trials=3, method="gp_ei") -> AxSearcher:
+    searcher = AxSearcher(
+        fake.optimizer(initial_trials=initial_trials, method=method),
+        max_trials=max_trials,
+        snapshot_path=tmp_path / "experiment.json",
+    )
+    assert searcher.set_max_concurrency(concurrency) is True  # Tune's ConcurrencyLimiter steps aside
+    return searcher
+
+
+def _final(point: dict[str, float]) -> dict:
+    """A flattened Tune result as on_trial_complete receives it."""
+    return {**final_result(fake.evaluate(point)), "training_iteration": 1, "time_total_s": 0.1, "done": True}
+
+
+def test_one_ax_call_fills_every_free_slot(tmp_path):
+    searcher = _searcher(tmp_path, concurrency=3)
+    points = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert searcher.optimizer.timing().calls == 1  # one get_next_trials for three trials
+    assert searcher.trial_indices == {"t0": 0, "t1": 1, "t2": 2}
+    assert points == [searcher.optimizer.parameters(i) for i in range(3)]
+    assert searcher.suggest("t3") is None  # all three slots are taken
+    searcher.on_trial_complete("t1", _final(points[1]))
+    assert searcher.suggest("t3") == searcher.optimizer.parameters(3)
+    assert searcher.optimizer.timing().calls == 2
+
+
+def test_never_creates_more_than_max_trials(tmp_path):
+    searcher = _searcher(tmp_path, max_trials=2, concurrency=3)
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    assert first is not None and second is not None
+    assert searcher.suggest("t2") == Searcher.FINISHED
+    assert searcher.optimizer.num_trials == 2
+
+
+def test_waits_without_asking_ax_again_until_a_trial_ends(tmp_path, monkeypatch):
+    searcher = _searcher(tmp_path, initial_trials=2, concurrency=3)
+    point = searcher.suggest("t0")
+    searcher.suggest("t1")
+    calls = []
+    suggest = Optimizer.suggest
+    monkeypatch.setattr(Optimizer, "suggest", lambda self, n: calls.append(n) or suggest(self, n))
+    assert searcher.suggest("t2") is None  # Sobol budget used; the GP needs an observation
+    assert searcher.suggest("t2") is None
+    assert calls == [1]  # the second refusal did not reach Ax
+    searcher.on_trial_complete("t0", _final(point))
+    assert searcher.suggest("t2") is not None  # now a GP trial
+    assert searcher.optimizer.trials()[2].node == "GP"
+
+
+def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
+    searcher = _searcher(tmp_path, max_trials=5, concurrency=5, initial_trials=5)
+    points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(5)}
+    searcher.on_trial_complete("t0", error=True)
+    partial = {**fake.evaluate(points["t1"]), "accuracy": 0.99, "training_iteration": 2, "done": True}
+    searcher.on_trial_complete("t1", partial)  # stopped by ASHA: `done` but not final
+    bad = {FINAL_KEY: True, "macs": 0.3, "training_iteration": 3}  # final report without accuracy
+    searcher.on_trial_complete("t2", bad)
+    searcher.on_trial_complete("t3", _final(points["t3"]))
+    searcher.on_trial_complete("t4")  # stopped while pending (time budget): no result at all
+    records = searcher.optimizer.trials()
+    assert [r.status for r in records] == ["FAILED", "ABANDONED", "FAILED", "COMPLETED", "ABANDONED"]
+    assert records[0].reason == "Tune trial t0 raised (after its retries, if any)"
+    assert records[1].reason == "stopped early (last report: iteration 2); partial results are not final"
+    assert records[1].metrics == {}  # the partial 0.99 is not an observation
+    assert (
+        records[2].reason
+        == "bad final report: metrics: trial 2 lacks ['accuracy'], which the optimisation needs"
+    )
+    assert records[3].metrics == pytest.approx(fake.evaluate(points["t3"]))  # Tune's own keys are dropped
+    assert (records[4].reason, records[4].metrics) == ("stopped before it reported anything", {})
+    searcher.on_trial_complete("t3", _final(points["t3"]))  # a second report for an ended trial is ignored
+    assert searcher.optimizer.status(3) == "COMPLETED"
+    hints = [r for r in caplog.records if r.name == "vitprune.search.searcher" and r.levelname == "WARNING"]
+    assert [r.getMessage().split(":")[0] for r in hints] == [
+        "Ax trial 1 abandoned",  # the missing-flag hint, once
+        "Tune trial t3 has no running Ax trial (ended already?)",
+    ]
+
+
+def test_snapshot_follows_every_trial_that_ends(tmp_path):
+    searcher = _searcher(tmp_path, concurrency=2)
+    point = searcher.suggest("t0")
+    searcher.suggest("t1")
+    assert not (tmp_path / "experiment.json").exists()
+    searcher.on_trial_complete("t0", _final(point))
+    trials = json.loads((tmp_path / "experiment.json").read_text())["experiment"]["trials"]
+    assert len(trials) == 2
+    searcher.on_trial_complete("t1", error=True)
+    restored = Optimizer.restore(tmp_path / "experiment.json")
+    assert [r.status for r in restored.trials()] == ["COMPLETED", "FAILED"]
+
+
+def test_save_restore_and_pickle_keep_the_experiment_map_and_queue(tmp_path):
+    searcher = _searcher(tmp_path, max_trials=5, concurrency=3)
+    points = [searcher.suggest("t0"), searcher.suggest("t1")]  # t2's point waits in the queue
+    searcher.on_trial_complete("t0", _final(points[0]))
+    searcher.save(str(tmp_path / "searcher-state.pkl"))
+
+    for copy in (
+        pickle.loads(pickle.dumps(searcher)),  # how tuner.pkl stores it
+        _restored(tmp_path / "searcher-state.pkl"),  # how Tuner.restore brings it back
+    ):
+        assert copy.trial_indices == {"t0": 0, "t1": 1}
+        assert copy.max_trials == 5 and copy.optimizer.timing() == searcher.optimizer.timing()
+        assert copy.suggest("t2") == searcher.optimizer.parameters(2)  # from the queue: no new Ax trial
+        assert copy.optimizer.num_trials == 3
+        copy.on_trial_complete("t1", _final(points[1]))  # the resumed trial ends its own Ax trial
+        assert [r.status for r in copy.optimizer.trials()] == ["COMPLETED", "COMPLETED", "RUNNING"]
+
+
+def _restored(path) -> AxSearcher:
+    searcher = AxSearcher(fake.optimizer(), max_trials=1)  # what tuner.pkl held before the run
+    searcher.restore(str(path))
+    return searcher
+
+
+def test_experiment_dir_lookup_reads_the_newest_checkpoint(tmp_path):
+    searcher = _searcher(tmp_path, max_trials=3)
+    searcher.suggest("t0")
+    searcher.save(str(tmp_path / AxSearcher.CKPT_FILE_TMPL.format("2026-01-01_00-00-00")))
+    searcher.suggest("t1")
+    searcher.save(str(tmp_path / AxSearcher.CKPT_FILE_TMPL.format("2026-01-02_00-00-00")))
+    assert AxSearcher.from_experiment_dir(tmp_path).trial_indices == {"t0": 0, "t1": 1}
+    with pytest.raises(FileNotFoundError, match="is it a Tune experiment folder"):
+        AxSearcher.from_experiment_dir(tmp_path / "nowhere")
+
+
+def test_rejects_a_nonpositive_budget():
+    with pytest.raises(ValueError, match="max_trials: must be at least 1, got 0"):
+        AxSearcher(Optimizer(), max_trials=0)
+
+
+def test_restore_rewinds_a_snapshot_that_ran_ahead_of_the_checkpoint(tmp_path):
+    searcher = _searcher(tmp_path, concurrency=2)
+    points = [searcher.suggest("t0"), searcher.suggest("t1")]
+    searcher.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last checkpoint
+    searcher.on_trial_complete("t0", _final(points[0]))  # then the driver dies
+    ahead = [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()]
+    assert ahead == ["COMPLETED", "RUNNING"]
+    _restored(tmp_path / "searcher-state.pkl")  # Tune resumes t0 and t1: both still run in Ax
+    rewound = [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()]
+    assert rewound == ["RUNNING", "RUNNING"]
