@@ -83,6 +83,7 @@ def _busy_trainable(seconds: float) -> Callable[[dict[str, Any]], None]:
     def busy(config: dict[str, Any]) -> None:
         import torch
         from ray import tune
+
         from vitprune.search.report import final_result
 
         torch.set_num_threads(1)
@@ -100,6 +101,7 @@ def time_search_loop(
 ) -> dict[str, object]:
     """Share of a real search's wall time that the driver spends in Ax."""
     import ray
+
     from vitprune.search import AxSearcher, GenerationConfig, Optimizer, run_search
 
     optimizer = Optimizer()

@@ -38,6 +38,7 @@ from ax import Client, RangeParameterConfig
 from ax.core.experiment import Experiment
 from ax.core.trial_status import TrialStatus
 from ax.exceptions.core import DataRequiredError
+
 from vitprune.search.generation import SOBOL_NODE, GenerationConfig, build_generation_strategy
 from vitprune.search.records import (
     BestPoint,

@@ -30,6 +30,7 @@ from typing import Any
 from ray import tune
 from ray.tune import Callback, ResultGrid
 from ray.tune.schedulers import TrialScheduler
+
 from vitprune.search.optimizer import Optimizer
 from vitprune.search.searcher import AxSearcher
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
+
 from vitprune.search.optimizer import Optimizer
 from vitprune.search.records import OptimizerStateError
 from vitprune.search.report import FINAL_KEY

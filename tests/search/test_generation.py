@@ -4,6 +4,7 @@ import pytest
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.models import SingleTaskGP
+
 from vitprune.search import GenerationConfig, build_generation_strategy
 
 

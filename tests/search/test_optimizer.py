@@ -8,6 +8,7 @@ import os
 import fake_objective as fake
 import pytest
 from ax import Client
+
 from vitprune.search import NoFeasibleTrialError, Optimizer, OptimizerStateError, TrialRecord
 
 

@@ -15,6 +15,7 @@ import fake_objective as fake
 import pytest
 from ray import cloudpickle, tune
 from ray.tune import Callback
+
 from vitprune.search import AxSearcher, Optimizer, as_trainable, final_result, resume_search, run_search
 
 pytestmark = pytest.mark.ray

@@ -6,6 +6,7 @@ import pickle
 import fake_objective as fake
 import pytest
 from ray.tune.search import Searcher
+
 from vitprune.search import FINAL_KEY, AxSearcher, Optimizer, final_result
 
 
