@@ -32,6 +32,7 @@ _LAZY = {
     "SuggestionTiming": "vitprune.search.records",
     "TrialRecord": "vitprune.search.records",
     "FINAL_KEY": "vitprune.search.report",
+    "TRIAL_KEY": "vitprune.search.report",
     "as_trainable": "vitprune.search.report",
     "final_result": "vitprune.search.report",
     "SearchRun": "vitprune.search.runner",

@@ -16,6 +16,9 @@ from ray import tune
 FINAL_KEY = "vitprune_final"
 """Result key that marks a trial's final report; see ``final_result``."""
 
+TRIAL_KEY = "vitprune_trial"
+"""Config key holding the trial's Ax index (next to the point's parameters), for its artefacts."""
+
 Evaluate = Callable[[dict[str, float]], Mapping[str, float] | None]
 
 
@@ -39,7 +42,7 @@ def as_trainable(evaluate: Evaluate) -> Callable[[dict[str, Any]], None]:
 
     @functools.wraps(evaluate)
     def trainable(config: dict[str, Any]) -> None:
-        metrics = evaluate(config)
+        metrics = evaluate({name: value for name, value in config.items() if name != TRIAL_KEY})
         if metrics is not None:
             tune.report(final_result(metrics))
 

@@ -47,7 +47,7 @@ from ray.tune.search import Searcher
 
 from vitprune.search.optimizer import Optimizer
 from vitprune.search.records import OptimizerStateError
-from vitprune.search.report import FINAL_KEY
+from vitprune.search.report import FINAL_KEY, TRIAL_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class AxSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, float] | str | None:
         """A point for a new Tune trial, ``None`` to be asked later, or ``Searcher.FINISHED``."""
         if trial_id in self._live:  # Tune never asks twice for one id; answer consistently if it did
-            return self._optimizer.parameters(self._live[trial_id])
+            return self.config(self._live[trial_id])
         if self._max_concurrent is not None and len(self._live) >= self._max_concurrent:
             return None
         if not self._queue:
@@ -112,7 +112,11 @@ class AxSearcher(Searcher):
         index = self._queue.pop(0)
         self._live[trial_id] = index
         logger.debug("Tune trial %s runs Ax trial %d", trial_id, index)
-        return self._optimizer.parameters(index)
+        return self.config(index)
+
+    def config(self, index: int) -> dict[str, float | int]:
+        """The Tune config of Ax trial ``index``: its point, and its index under ``TRIAL_KEY``."""
+        return {**self._optimizer.parameters(index), TRIAL_KEY: index}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Intermediate results are not observations: Ax never sees them."""

@@ -8,6 +8,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from vitprune.search import FINAL_KEY, AxSearcher, Optimizer, final_result
+from vitprune.search.report import TRIAL_KEY
 
 
 def _searcher(tmp_path, *, max_trials=6, concurrency=3, initial_trials=3, method="gp_ei") -> AxSearcher:
@@ -30,10 +31,11 @@ def test_one_ax_call_fills_every_free_slot(tmp_path):
     points = [searcher.suggest(f"t{i}") for i in range(3)]
     assert searcher.optimizer.timing().calls == 1  # one get_next_trials for three trials
     assert searcher.trial_indices == {"t0": 0, "t1": 1, "t2": 2}
-    assert points == [searcher.optimizer.parameters(i) for i in range(3)]
+    assert points == [searcher.config(i) for i in range(3)]
+    assert points[2][TRIAL_KEY] == 2
     assert searcher.suggest("t3") is None  # all three slots are taken
     searcher.on_trial_complete("t1", _final(points[1]))
-    assert searcher.suggest("t3") == searcher.optimizer.parameters(3)
+    assert searcher.suggest("t3") == searcher.config(3)
     assert searcher.optimizer.timing().calls == 2
 
 
