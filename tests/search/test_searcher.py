@@ -117,7 +117,7 @@ def test_save_restore_and_pickle_keep_the_experiment_map_and_queue(tmp_path):
     ):
         assert copy.trial_indices == {"t0": 0, "t1": 1}
         assert copy.max_trials == 5 and copy.optimizer.timing() == searcher.optimizer.timing()
-        assert copy.suggest("t2") == searcher.optimizer.parameters(2)  # from the queue: no new Ax trial
+        assert copy.suggest("t2") == searcher.config(2)  # from the queue: no new Ax trial
         assert copy.optimizer.num_trials == 3
         copy.on_trial_complete("t1", _final(points[1]))  # the resumed trial ends its own Ax trial
         assert [r.status for r in copy.optimizer.trials()] == ["COMPLETED", "COMPLETED", "RUNNING"]
