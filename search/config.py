@@ -144,6 +144,7 @@ class GenerationSpec(Section):
     method: Literal["gp_ei", "random"] = "gp_ei"
     num_restarts: int = Field(4, gt=0)
     raw_samples: int = Field(256, gt=0)
+    maxiter: int = Field(200, gt=0, description="L-BFGS iterations per acquisition restart")
 
 
 class ResourcesSpec(Section):

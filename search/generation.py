@@ -68,6 +68,7 @@ class GenerationConfig:
     seed: int | None = 0
     num_restarts: int = 4
     raw_samples: int = 256
+    maxiter: int = 200  # L-BFGS iterations per restart of the acquisition optimiser (BoTorch's default)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,6 +77,8 @@ class GenerationConfig:
             raise ValueError(f"initial_trials: must be at least 1, got {self.initial_trials}")
         if self.num_restarts < 1:
             raise ValueError(f"num_restarts: must be at least 1, got {self.num_restarts}")
+        if self.maxiter < 1:
+            raise ValueError(f"maxiter: must be at least 1, got {self.maxiter}")
         if self.raw_samples < self.num_restarts:
             raise ValueError(
                 f"raw_samples: must be at least num_restarts ({self.num_restarts}), got {self.raw_samples}"
@@ -152,7 +155,11 @@ def build_generation_strategy(config: GenerationConfig, *, multi_objective: bool
         },
         generator_gen_kwargs={
             "model_gen_options": {
-                "optimizer_kwargs": {"num_restarts": config.num_restarts, "raw_samples": config.raw_samples}
+                "optimizer_kwargs": {
+                    "num_restarts": config.num_restarts,
+                    "raw_samples": config.raw_samples,
+                    "options": {"maxiter": config.maxiter},
+                }
             }
         },
     )

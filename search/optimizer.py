@@ -316,6 +316,11 @@ class Optimizer:
         adapter = self._configured_client("modelled_metrics")._generation_strategy.adapter
         return tuple(sorted(adapter.outcomes)) if adapter is not None else ()
 
+    def analysis_cards(self) -> list[Any]:
+        """Ax's analysis cards of the experiment (``Client.compute_analyses``), for the dashboard."""
+        with self._torch_threads_set():
+            return self._configured_client("analysis_cards").compute_analyses(display=False)
+
     def timing(self, node: str | None = None) -> SuggestionTiming:
         """Seconds spent in ``suggest`` calls that produced trials, optionally for one node."""
         return SuggestionTiming.of([s for s in self._suggestions if node is None or s.node == node])

@@ -6,9 +6,10 @@ early-stopped trials out of the GP anyway. ``AxSearcher``:
 - maps each Tune trial id to one Ax trial index, for good: a trial that Tune retries
   (``FailureConfig(max_failures=...)``) or resumes after the driver restarts keeps its id, so it
   keeps its Ax trial; only its final outcome reaches Ax;
-- batches suggestions: when Tune asks and nothing is queued, it asks Ax for as many trials as
-  there are free concurrency slots (one ``get_next_trials`` call, one GP fit) and hands them out
-  one by one; it never creates more than ``max_trials`` Ax trials;
+- batches suggestions: when Tune asks and nothing is queued, it asks Ax for a batch of
+  ``max_concurrent`` trials (one ``get_next_trials`` call, one GP fit, the running trials as
+  pending points) and hands them out one by one as slots free up; it never creates more than
+  ``max_trials`` Ax trials;
 - ends every Ax trial exactly once, in ``on_trial_complete``:
 
   ====================================================  ==========================
@@ -103,8 +104,12 @@ class AxSearcher(Searcher):
                 return Searcher.FINISHED
             if self._waiting:
                 return None
-            free = 1 if self._max_concurrent is None else self._max_concurrent - len(self._live)
-            batch = self._optimizer.suggest(min(free, remaining))
+            # A full batch per GP fit even when one slot is free: the points the next slots will run
+            # are proposed now, with the running trials as pending points. With short trials the GP
+            # fit would otherwise cost as much as a trial (measured: 21 % of the embedded default's
+            # wall time with one fit per trial).
+            size = 1 if self._max_concurrent is None else self._max_concurrent
+            batch = self._optimizer.suggest(min(size, remaining))
             if not batch:
                 self._waiting = True
                 return None

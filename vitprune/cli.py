@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -389,12 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_evaluate)
 
+    from vitprune.search.cli import add_commands
+
+    add_commands(commands)
+
     p = commands.add_parser("schema", help="print the JSON Schema of policy files")
     p.set_defaults(func=cmd_schema)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # BoTorch and GPyTorch still call torch.jit.script, which torch 2.15 deprecates at import time.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     func: Command = args.func

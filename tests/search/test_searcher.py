@@ -56,7 +56,7 @@ def test_waits_without_asking_ax_again_until_a_trial_ends(tmp_path, monkeypatch)
     monkeypatch.setattr(Optimizer, "suggest", lambda self, n: calls.append(n) or suggest(self, n))
     assert searcher.suggest("t2") is None  # Sobol budget used; the GP needs an observation
     assert searcher.suggest("t2") is None
-    assert calls == [1]  # the second refusal did not reach Ax
+    assert calls == [3]  # one request for a full batch; the second refusal did not reach Ax
     searcher.on_trial_complete("t0", _final(point))
     assert searcher.suggest("t2") is not None  # now a GP trial
     assert searcher.optimizer.trials()[2].node == "GP"

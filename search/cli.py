@@ -1,0 +1,208 @@
+"""The search commands of ``vitprune``: search, export, status, dashboard.
+
+Ray and Ax are imported inside the commands, so ``vitprune --help`` and the engine commands stay
+fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vitprune.spaces import InputError
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _log_to(run_dir: Path, *, quiet: bool = False) -> None:
+    """The search logger goes to the console (rich) and to ``run_dir/search.log``."""
+    logger = logging.getLogger("vitprune.search")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(run_dir / "search.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.handlers = [file_handler]
+    if not quiet:
+        logger.addHandler(_ConsoleHandler())
+
+
+class _ConsoleHandler(logging.Handler):
+    """``HH:MM:SS message`` on stderr, unwrapped (long lines stay greppable in CI logs)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        style = "yellow" if record.levelno >= logging.WARNING else "dim"
+        console.print(f"[{style}]{stamp}[/] {record.getMessage()}", markup=True, highlight=False)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from vitprune.search.config import load_spec
+    from vitprune.search.run import search
+
+    spec, _ = load_spec(args.config)
+    if args.smoke_test:
+        spec = spec.smoke()
+    run_dir = spec.resolved_run_dir(args.run_dir)
+    if args.smoke_test and args.run_dir is None:
+        run_dir = run_dir.with_name(run_dir.name + "-smoke")
+    _log_to(run_dir)
+    log = logging.getLogger("vitprune.search")
+    log.info("%s %s → %s", "resuming" if args.resume else "search", args.config, run_dir)
+    outcome = search(spec, run_dir=run_dir, resume=args.resume, address=args.address, progress=log.info)
+    if outcome.best is None:
+        console.print(f"no feasible trial completed; see {run_dir / 'trials.csv'}")
+        return
+    best = outcome.best
+    metrics = best["metrics"]
+    latency = f", latency {metrics['latency_ms']:.2f} ms" if "latency_ms" in metrics else ""
+    console.print(f"best policy: {run_dir / 'best_policy.json'} (trial {best['trial']})")
+    console.print(f"best model: {run_dir / 'best_model'} (load with vitprune.load_pruned)")
+    console.print(
+        f"search-val accuracy {metrics['accuracy']:.4f} at {best['ratios']['macs']:.1%} of dense MACs, "
+        f"{best['ratios']['params']:.1%} of dense params{latency}"
+    )
+
+
+def _trial_source(run_dir: Path, trial: int | None) -> tuple[Path, int]:
+    if trial is None:
+        best = run_dir / "best_policy.json"
+        if not best.exists():
+            raise InputError(
+                f"{run_dir}: no best_policy.json (the search has no feasible trial yet); pass --trial N"
+            )
+        trial = int(json.loads(best.read_text())["trial"])
+    source = run_dir / "trials" / f"{trial:04d}"
+    if not (source / "model.safetensors").exists():
+        raise InputError(f"--trial {trial}: {source} holds no model (did the trial complete?)")
+    return source, trial
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from vitprune.evaluators.data import load_data
+    from vitprune.evaluators.dense import load_dense
+    from vitprune.evaluators.finetune import finetune
+    from vitprune.evaluators.io import load_pruned, save_pruned
+    from vitprune.evaluators.measure import accuracy
+    from vitprune.search.config import SearchSpec
+    from vitprune.spaces import Policy, macs, params
+
+    run_dir = Path(args.run_dir)
+    spec_file = run_dir / "spec.json"
+    if not spec_file.exists():
+        raise InputError(f"{run_dir}: not a vitprune run directory (no spec.json)")
+    spec = SearchSpec.model_validate_json(spec_file.read_text())
+    source, trial = _trial_source(run_dir, args.trial)
+    model, policy = load_pruned(source)
+    data = load_data(spec.data, policy.base)
+    report: dict[str, Any] = {"trial": trial, "source": str(source)}
+    if args.finetune_epochs:
+        teacher, _ = load_dense(None, checkpoint=run_dir / "dense")
+        config = spec.finetune.model_copy(update={"epochs": args.finetune_epochs, "steps": None})
+        console.print(f"fine-tuning trial {trial} for {args.finetune_epochs} epochs …")
+        report["finetune_seconds"] = finetune(model, data=data, config=config, teacher=teacher).seconds
+    report["search_val_accuracy"] = accuracy(model, data.eval_loader("search-val")).top1
+    report["test_accuracy"] = accuracy(model, data.eval_loader("test")).top1
+    dense = Policy.keep_all(policy.base)
+    report |= {"macs_ratio": macs(policy) / macs(dense), "params_ratio": params(policy) / params(dense)}
+    save_pruned(model, policy, args.out)
+    report["out"] = str(args.out)
+    print(json.dumps(report, indent=2))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from vitprune.search.optimizer import Optimizer
+    from vitprune.search.records import NoFeasibleTrialError
+    from vitprune.search.tables import trial_rows
+    from vitprune.spaces import Policy
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "experiment.json").exists():
+        raise InputError(f"{run_dir}: no experiment.json yet (not a search run directory, or no trial ended)")
+    optimizer = Optimizer.restore(run_dir / "experiment.json")
+    dense = Policy.from_json((run_dir / "dense" / "policy.json").read_text())
+    rows = trial_rows(run_dir, optimizer.trials(), dense=dense)
+    table = Table(title=f"{run_dir.name}: {len(rows)} trials")
+    columns = (
+        "trial",
+        "status",
+        "node",
+        "accuracy",
+        "macs_ratio",
+        "params_ratio",
+        "latency_ms",
+        "finetune_seconds",
+    )
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("status", "node") else "left")
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    Console().print(table)
+    try:
+        best = optimizer.best()
+        console.print(
+            f"best so far: trial {best.index}, accuracy {best.metrics.get('accuracy', float('nan')):.4f}"
+        )
+    except NoFeasibleTrialError:
+        console.print("no feasible trial has completed yet")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from vitprune.search.dashboard import render, serve
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run directory")
+    _log_to(run_dir)
+    if args.once:
+        console.print(f"wrote {render(run_dir)}")
+    else:
+        serve(run_dir, port=args.port)
+
+
+def add_commands(commands: Any) -> None:
+    p = commands.add_parser("search", help="GP-EI search over pruning policies on Ray Tune")
+    p.add_argument(
+        "config", metavar="CONFIG.yaml", help="a search spec, or a Ray cluster YAML (metadata.vitprune)"
+    )
+    p.add_argument("--run-dir", type=Path, metavar="DIR", help="where the run goes (default: runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted search in --run-dir")
+    p.add_argument("--address", metavar="auto|HOST:PORT", help="join a Ray cluster instead of starting one")
+    p.add_argument(
+        "--smoke-test", action="store_true", help="the whole pipeline with tiny settings (~1 minute)"
+    )
+    p.set_defaults(func=cmd_search)
+
+    p = commands.add_parser(
+        "export", help="the best (or a chosen) trial's policy and model, with test accuracy"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--trial", type=int, metavar="N", help="Ax trial index (default: the best feasible)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune longer first")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("status", help="the trial table of a run and the best so far")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_status)
+
+    p = commands.add_parser("dashboard", help="serve a live page of Ax analysis cards for a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--once", action="store_true", help="write dashboard.html once and exit")
+    p.set_defaults(func=cmd_dashboard)
