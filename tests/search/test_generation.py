@@ -15,7 +15,8 @@ def _gp_spec(strategy):
 
 def test_gp_ei_is_sobol_then_single_task_gp_with_log_nei():
     strategy = build_generation_strategy(
-        GenerationConfig(initial_trials=5, seed=7, num_restarts=3, raw_samples=96), multi_objective=False
+        GenerationConfig(initial_trials=5, seed=7, num_restarts=3, raw_samples=96, maxiter=40),
+        multi_objective=False,
     )
     assert [node.name for node in strategy._nodes] == ["Sobol", "GP"]
     (sobol,) = strategy.nodes_by_name["Sobol"].generator_specs
@@ -28,7 +29,9 @@ def test_gp_ei_is_sobol_then_single_task_gp_with_log_nei():
     assert model.botorch_model_class is SingleTaskGP
     assert spec.generator_kwargs["fit_tracking_metrics"] is False
     assert spec.generator_gen_kwargs == {
-        "model_gen_options": {"optimizer_kwargs": {"num_restarts": 3, "raw_samples": 96}}
+        "model_gen_options": {
+            "optimizer_kwargs": {"num_restarts": 3, "raw_samples": 96, "options": {"maxiter": 40}}
+        }
     }
     # Leave Sobol after 5 counted trials, once 2 (= 5 // 2) of them have data.
     thresholds = [c.threshold for c in strategy.nodes_by_name["Sobol"].transition_criteria]
