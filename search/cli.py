@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         table.add_column(column, justify="right" if column not in ("status", "node") else "left")
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: no truncated cells
     try:
         best = optimizer.best()
         console.print(

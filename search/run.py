@@ -270,8 +270,18 @@ def search(
     resume: bool = False,
     address: str | None = None,
     progress: Progress = log.info,
+    trainable: Callable[[dict[str, Any], Shared], None] = run_trial,
 ) -> Outcome:
-    """Run (or resume) the search described by ``spec`` in ``run_dir``."""
+    """Run (or resume) the search described by ``spec`` in ``run_dir``.
+
+    Args:
+        spec: the validated search spec.
+        run_dir: where the run's files go (see the module docstring).
+        resume: finish the interrupted search in ``run_dir`` (same spec), none lost, none twice.
+        address: a Ray cluster to join (``"auto"`` or ``HOST:PORT``); default: start a local one.
+        progress: where progress lines go.
+        trainable: the trial function (tests wrap :func:`run_trial` to inject failures).
+    """
     import ray
     from ray import tune
 
@@ -293,11 +303,11 @@ def search(
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    trainable = tune.with_parameters(run_trial, shared=shared)
+    trainable_with_shared = tune.with_parameters(trainable, shared=shared)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if resume:
         run = resume_search(
-            run_dir / "tune" / "search", trainable, resources=resources
+            run_dir / "tune" / "search", trainable_with_shared, resources=resources
         )  # Tune restores callbacks
     else:
         objective_, constraints, tracked = objective(spec, shared.budget_limit)
@@ -326,7 +336,7 @@ def search(
             feasible_latency_ms=shared.budget_limit if shared.budget_metric == "latency_ms" else None,
         )
         run = run_search(
-            trainable,
+            trainable_with_shared,
             searcher,
             storage_path=run_dir / "tune",
             name="search",

@@ -1,0 +1,125 @@
+"""The whole search on a real tiny model: prepare, Ray Tune + Ax trials, run directory, CLI."""
+
+import csv
+import json
+import sys
+
+import pytest
+from ray import cloudpickle
+
+from vitprune import load_pruned
+from vitprune.cli import main
+from vitprune.search.config import SearchSpec
+from vitprune.search.optimizer import Optimizer
+from vitprune.search.report import TRIAL_KEY
+from vitprune.search.run import search
+from vitprune.search.trial import run_trial
+from vitprune.spaces import InputError, Policy, macs
+
+pytestmark = pytest.mark.ray
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the failing trainable runs in workers
+
+TINY = {
+    "name": "tiny",
+    "model": {"name": "vitprune_digits_vit", "args": {"depth": 2, "embed_dim": 32, "num_heads": 2}},
+    "dense_training": {"epochs": 10},
+    "budget": {"macs": "50%", "batch_size": 4},
+    "finetune": {"epochs": 1, "steps": 3},
+    "trials": {"total": 5, "concurrent": 2, "initial": 3, "max_failures": 0},
+    "generation": {"num_restarts": 2, "raw_samples": 64, "maxiter": 20},
+    "criteria": {"calibration_batches": 1},
+}
+
+
+def fails_on_trial_1(config, shared):
+    if config[TRIAL_KEY] == 1:
+        raise RuntimeError("injected failure")
+    run_trial(config, shared)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ray_cluster):
+    """One search of 5 trials whose trial 1 raises."""
+    run_dir = tmp_path_factory.mktemp("run")
+    spec = SearchSpec.model_validate(TINY)
+    outcome = search(spec, run_dir=run_dir, progress=lambda line: None, trainable=fails_on_trial_1)
+    return spec, run_dir, outcome
+
+
+def _rows(run_dir):
+    with open(run_dir / "trials.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_planned_trial_ran_and_a_failure_did_not_stop_the_search(run):
+    _, run_dir, outcome = run
+    rows = _rows(run_dir)
+    assert outcome.trials == 5 and len(rows) == 5
+    assert [row["status"] for row in rows].count("FAILED") == 1 and rows[1]["status"] == "FAILED"
+    assert [row["node"] for row in rows][:3] == ["Sobol"] * 3 and "GP" in {row["node"] for row in rows[3:]}
+
+
+def test_every_trial_is_within_the_budget(run):
+    _, run_dir, _ = run
+    limit = json.loads((run_dir / "shared.json").read_text())["budget_limit"]
+    dense = Policy.from_json((run_dir / "dense" / "policy.json").read_text())
+    assert limit == pytest.approx(0.5 * macs(dense))
+    for row in _rows(run_dir):
+        if row["status"] == "COMPLETED":
+            policy = Policy.from_json(
+                (run_dir / "trials" / f"{int(row['trial']):04d}" / "policy.json").read_text()
+            )
+            assert float(row["macs"]) == macs(policy) <= limit
+
+
+def test_the_best_is_axs_best_feasible_trial_and_its_model_loads(run):
+    _, run_dir, outcome = run
+    best = json.loads((run_dir / "best_policy.json").read_text())
+    assert best["trial"] == Optimizer.restore(run_dir / "experiment.json").best().index
+    completed = [float(row["accuracy"]) for row in _rows(run_dir) if row["status"] == "COMPLETED"]
+    assert best["metrics"]["accuracy"] == pytest.approx(max(completed), abs=1e-9)  # Ax keeps 10 decimals
+    assert max(completed) > 0.3  # the tiny model learned something: the best is not a tie at chance
+    _, policy = load_pruned(run_dir / "best_model")
+    assert policy == Policy.from_dict(best["policy"])
+    assert set(best["provenance"]) >= {
+        "vitprune",
+        "torch",
+        "timm",
+        "ax",
+        "ray",
+        "seed",
+        "config_hash",
+        "device",
+    }
+    assert outcome.best["trial"] == best["trial"]
+
+
+def test_resume_of_a_finished_search_runs_nothing_twice(run):
+    spec, run_dir, _ = run
+    outcome = search(
+        spec, run_dir=run_dir, resume=True, progress=lambda line: None, trainable=fails_on_trial_1
+    )
+    assert outcome.trials == 5 and len(_rows(run_dir)) == 5
+
+
+def test_a_new_search_refuses_an_existing_run_dir_and_resume_refuses_another_spec(run):
+    spec, run_dir, _ = run
+    with pytest.raises(InputError, match="already holds a search; resume it with --resume"):
+        search(spec, run_dir=run_dir, progress=lambda line: None)
+    other = spec.model_copy(update={"seed": 1})
+    with pytest.raises(InputError, match="the config differs from the one"):
+        search(other, run_dir=run_dir, resume=True, progress=lambda line: None)
+
+
+def test_status_and_export(run, tmp_path, capsys):
+    _, run_dir, _ = run
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "COMPLETED" in out
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "best"), "--finetune-epochs", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 <= report["test_accuracy"] <= 1 and report["macs_ratio"] <= 0.5
+    load_pruned(tmp_path / "best")
+    assert main(["export", str(run_dir), "--trial", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "--trial 1:" in capsys.readouterr().err
