@@ -85,7 +85,7 @@ def main() -> None:
     started = time.perf_counter()
     context = cached_context(ModelConfig(), DataConfig(), DenseTrainingConfig())
     base, dense = context.base, context.dense
-    batches = calibration_batches(context.data.train_loader(seed=0), args.calibration_batches)
+    batches = calibration_batches(context.data.calibration_loader(seed=0), args.calibration_batches)
     cache_dir = cache_root() / "scores"
     scores = {
         name: compute_scores(name, dense, base=base, data=batches, cache_dir=cache_dir)

@@ -34,13 +34,18 @@ DIGITS_TEST_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class DataSplits:
-    """The three splits as datasets, and how to batch them."""
+    """The three splits as datasets, and how to batch them.
+
+    ``train_clean`` holds the training images without augmentation (eval transform): criteria are
+    computed on it, so their scores depend only on the data and the seed.
+    """
 
     train: Dataset
     search_val: Dataset
     test: Dataset
     num_classes: int
     config: DataConfig
+    train_clean: Dataset
 
     def train_loader(self, *, seed: int | None = None) -> DataLoader:
         """Shuffled training batches; the order depends only on ``seed``."""
@@ -54,6 +59,13 @@ class DataSplits:
             num_workers=self.config.num_workers,
             pin_memory=self.config.pin_memory,
             persistent_workers=self.config.num_workers > 0,
+        )
+
+    def calibration_loader(self, *, seed: int = 0) -> DataLoader:
+        """Seeded shuffled batches of un-augmented training images (for importance criteria)."""
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            self.train_clean, batch_size=self.config.batch_size, shuffle=True, generator=generator
         )
 
     def eval_loader(self, split: str) -> DataLoader:
@@ -100,7 +112,12 @@ def _digits(config: DataConfig, base: Architecture) -> DataSplits:
     shift = config.augment_shift
     augmented = ShiftedDigits(full, max_shift=shift, background=float(-mean / std)) if shift else full
     return DataSplits(
-        Subset(augmented, train), Subset(full, search_val), Subset(full, test), num_classes=10, config=config
+        Subset(augmented, train),
+        Subset(full, search_val),
+        Subset(full, test),
+        num_classes=10,
+        config=config,
+        train_clean=Subset(full, train),
     )
 
 
@@ -140,12 +157,12 @@ def _timm_transforms(base: Architecture) -> tuple[object, object]:
     )
 
 
-def _carve(train_all: Dataset, eval_all: Dataset, config: DataConfig) -> tuple[Dataset, Dataset]:
-    """Split one training set into train (train transform) and search-val (eval transform)."""
+def _carve(train_all: Dataset, eval_all: Dataset, config: DataConfig) -> tuple[Dataset, Dataset, Dataset]:
+    """Split one training set into train (train transform), search-val and clean train (eval transform)."""
     train, search_val = _split_indices(len(train_all), config.search_val_fraction, seed=config.seed)
     if config.max_train_samples is not None:
         train = train[: config.max_train_samples]
-    return Subset(train_all, train), Subset(eval_all, search_val)
+    return Subset(train_all, train), Subset(eval_all, search_val), Subset(eval_all, train)
 
 
 def _imagefolder(config: DataConfig, base: Architecture) -> DataSplits:
@@ -164,8 +181,10 @@ def _imagefolder(config: DataConfig, base: Architecture) -> DataSplits:
         raise InputError(f"data.path: {root}: {error}") from None
     if test.classes != train_all.classes:
         raise InputError(f"data.path: {root}/val has classes {test.classes[:3]}…, unlike train/")
-    train, search_val = _carve(train_all, eval_all, config)
-    return DataSplits(train, search_val, test, num_classes=len(train_all.classes), config=config)
+    train, search_val, clean = _carve(train_all, eval_all, config)
+    return DataSplits(
+        train, search_val, test, num_classes=len(train_all.classes), config=config, train_clean=clean
+    )
 
 
 def _cifar(config: DataConfig, base: Architecture) -> DataSplits:
@@ -183,8 +202,8 @@ def _cifar(config: DataConfig, base: Architecture) -> DataSplits:
             f"data.path: no {config.source} data under {config.path} (expected torchvision's {folder}/; "
             "download it where there is internet)"
         ) from None
-    train, search_val = _carve(train_all, eval_all, config)
-    return DataSplits(train, search_val, test, num_classes=classes, config=config)
+    train, search_val, clean = _carve(train_all, eval_all, config)
+    return DataSplits(train, search_val, test, num_classes=classes, config=config, train_clean=clean)
 
 
 def load_data(config: DataConfig, base: Architecture) -> DataSplits:

@@ -1,57 +1,69 @@
-"""A latency model of pruned ViTs on one device, batch size and dtype: for latency budgets, the
+"""A latency model of pruned ViTs on one device, batch size and dtype: for latency budgets the
 decoder needs a policy's latency in microseconds, not the seconds a measurement takes.
 
-The model is a sum over blocks of sub-layer latencies plus a fixed part (patch embedding, norms,
-classifier). Each sub-layer kind is a least-squares fit, linear in its MAC counts, to latencies
-*measured* on a grid of real :class:`AttentionLayer` / :class:`MlpLayer` modules at aligned widths
-and several token counts (linear interpolation between grid points, with an intercept for launch
-and memory overheads)::
+Every op of a pruned block has a table of latencies *measured* on a grid of aligned widths and
+token counts, interpolated multilinearly between grid points:
 
-    attention ≈ a0 + a1·qkv_macs + a2·sdpa_macs + a3·proj_macs + a4·[ranks tokens]·N
-    mlp       ≈ b0 + b1·macs + b2·activations     (two linears, with or without GELU)
-    merged    ≈ c0 + c1·macs                      (one D×D linear)
+- ``expand(n, w)``: ``Linear(D, w)`` on ``n`` tokens — qkv (``w = H·(2·d_qk + d_v)``), fc1, the
+  merged ``Linear(D, D)``;
+- ``reduce(n, w)``: ``Linear(w, D)`` — proj (``w = H·d_v``), fc2;
+- ``sdpa(n, h, d)``: fused attention of ``h`` heads of width ``d`` (the padded ``max(d_qk, d_v)``);
+- ``norm(n)``, ``gelu(n, w)``, ``select(n)`` (class-token row, top-k and gather).
 
-:func:`fit_latency_model` also measures whole held-out policies and reports the prediction error.
+A policy's latency is the fixed part (patch embedding, final norm, classifier: measured on the
+model with every block removed) plus its ops. What tables miss (residual adds, dispatch between
+blocks, caches) is corrected on whole models: ``measured ≈ α + β·tables``, fitted on a few
+calibration policies; held-out policies then measure the error.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-import logging
 import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
-from timm.layers import Mlp
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import nn
 
 from vitprune.evaluators.describe import create_dense
 from vitprune.evaluators.measure import device_name, latency_side_by_side
-from vitprune.evaluators.modules import AttentionLayer, KeepAllTokens, KeepTokens, MlpLayer, PrunedAttention
+from vitprune.evaluators.modules import cls_attention
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.spaces import Architecture, LayerPolicy, Policy
 from vitprune.spaces.builder import aligned_width
 
-log = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class Table:
+    """Values measured on a grid (``axes``), interpolated multilinearly, clamped at the edges."""
 
-def attention_features(base: Architecture, layer: LayerPolicy, tokens_in: int) -> list[float]:
-    n = base.num_prefix_tokens + tokens_in
-    H, d_qk, d_v, D = layer.num_heads, layer.qk_dim, layer.v_dim, base.embed_dim
-    sdpa = 2 * H * n * n * max(d_qk, d_v)  # fused, at the padded width (see PrunedAttention)
-    scores = layer.keep_tokens < tokens_in
-    return [1.0, n * D * H * (2 * d_qk + d_v), sdpa, n * H * d_v * D, n * scores]
+    axes: tuple[tuple[float, ...], ...]
+    values: tuple[float, ...]  # row-major over the axes
 
+    def __call__(self, *point: float) -> float:
+        return self._interpolate(0, 0, point)
 
-def mlp_features(base: Architecture, layer: LayerPolicy) -> tuple[str, list[float]]:
-    n, D, h = base.num_prefix_tokens + layer.keep_tokens, base.embed_dim, layer.mlp_hidden
-    form = layer.mlp_form(D)
-    if form == "merged":
-        return "merged", [1.0, n * D * D]
-    return "mlp", [1.0, 2 * n * D * h, n * h * (form == "gelu")]
+    def _interpolate(self, axis: int, offset: int, point: Sequence[float]) -> float:
+        if axis == len(self.axes):
+            return self.values[offset]
+        grid = self.axes[axis]
+        if len(grid) == 1:
+            return self._interpolate(axis + 1, offset, point)
+        stride = 1
+        for later in self.axes[axis + 1 :]:
+            stride *= len(later)
+        x = min(max(point[axis], grid[0]), grid[-1])
+        upper = min(max(bisect.bisect_left(grid, x), 1), len(grid) - 1)
+        lower = upper - 1
+        t = (x - grid[lower]) / (grid[upper] - grid[lower])
+        low = self._interpolate(axis + 1, offset + lower * stride, point)
+        high = self._interpolate(axis + 1, offset + upper * stride, point)
+        return low + t * (high - low)
 
 
 @dataclass(frozen=True)
@@ -62,11 +74,10 @@ class LatencyModel:
     batch_size: int
     dtype: str
     fixed_ms: float
-    attention: tuple[float, ...]
-    mlp: tuple[float, ...]
-    merged: tuple[float, ...]
+    tables: dict[str, Table]
     correction: tuple[float, float] = (0.0, 1.0)  # measured ≈ α + β·raw, fitted on whole models
     holdout_error: float | None = None  # mean |predicted − measured| / measured on held-out policies
+    holdout_max_error: float | None = None
 
     def __call__(self, policy: Policy) -> float:
         return self.predict(policy)
@@ -76,28 +87,44 @@ class LatencyModel:
         return alpha + beta * self.raw(policy)
 
     def raw(self, policy: Policy) -> float:
-        """The fixed part plus the sub-layer fits, before the whole-model correction."""
-        base, total = policy.base, self.fixed_ms
-        coefficients = {"mlp": self.mlp, "merged": self.merged}
+        """The fixed part plus the interpolated op latencies, before the whole-model correction."""
+        base, t = policy.base, self.tables
+        total = self.fixed_ms
         for layer, tokens_in in zip(policy.layers, policy.tokens_in, strict=True):
+            n_in = base.num_prefix_tokens + tokens_in
+            n_out = base.num_prefix_tokens + layer.keep_tokens
             if layer.attention:
-                total += _dot(self.attention, attention_features(base, layer, tokens_in))
-            if layer.mlp:
-                kind, features = mlp_features(base, layer)
-                total += _dot(coefficients[kind], features)
+                H, d_qk, d_v = layer.num_heads, layer.qk_dim, layer.v_dim
+                total += t["norm"](n_in) + t["expand"](n_in, H * (2 * d_qk + d_v))
+                total += t["sdpa"](n_in, H, max(d_qk, d_v)) + t["reduce"](n_in, H * d_v)
+                if layer.keep_tokens < tokens_in:
+                    total += t["select"](n_in)
+            form = layer.mlp_form(base.embed_dim)
+            if form == "merged":
+                total += t["norm"](n_out) + t["expand"](n_out, base.embed_dim)
+            elif form != "removed":
+                h = layer.mlp_hidden
+                total += t["norm"](n_out) + t["expand"](n_out, h) + t["reduce"](n_out, h)
+                if form == "gelu":
+                    total += t["gelu"](n_out, h)
         return total
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        doc = asdict(self)
+        doc["tables"] = {
+            name: {"axes": table.axes, "values": table.values} for name, table in self.tables.items()
+        }
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> LatencyModel:
         doc = json.loads(text)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
-
-
-def _dot(coefficients: Sequence[float], features: Sequence[float]) -> float:
-    return sum(c * f for c, f in zip(coefficients, features, strict=True))
+        doc["tables"] = {
+            name: Table(axes=tuple(tuple(axis) for axis in table["axes"]), values=tuple(table["values"]))
+            for name, table in doc["tables"].items()
+        }
+        doc["correction"] = tuple(doc["correction"])
+        return cls(**doc)
 
 
 def _time(run: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> float:
@@ -127,15 +154,81 @@ def materialize(policy: Policy, *, device: torch.device, dtype: torch.dtype) -> 
     return model.to(dtype).eval()
 
 
+def _grid(full: int, align: int, *, also: Sequence[int] = ()) -> tuple[int, ...]:
+    """Aligned widths from ``align`` to ``full``: denser where GEMMs change regime (small widths)."""
+    ratios = (0.0, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
+    widths = {aligned_width(r, full, align) for r in ratios} | {w for w in also if 0 < w <= full}
+    return tuple(sorted(widths))
+
+
 def _least_squares(rows: list[list[float]], targets: list[float]) -> tuple[float, ...]:
     a = torch.tensor(rows, dtype=torch.float64)
-    scale = a.abs().amax(dim=0).clamp_min(1e-12)  # condition the columns (MACs are ~1e9, the intercept 1)
-    solution = torch.linalg.lstsq(a / scale, torch.tensor(targets, dtype=torch.float64).unsqueeze(1)).solution
-    return tuple((solution.squeeze(1) / scale).tolist())
+    b = torch.tensor(targets, dtype=torch.float64).unsqueeze(1)
+    return tuple(torch.linalg.lstsq(a, b).solution.squeeze(1).tolist())
 
 
-def _grid(full: int, align: int) -> list[int]:
-    return sorted({aligned_width(r, full, align) for r in (0.125, 0.5, 1.0)})
+def measure_tables(
+    base: Architecture,
+    *,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    align: int,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Table]:
+    """Measure every op table of ``base`` on its grid."""
+    D, B, H = base.embed_dim, batch_size, base.num_heads
+    prefix, patches = base.num_prefix_tokens, base.num_patches
+    tokens = tuple(sorted({prefix + max(1, round(patches * r)) for r in (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)}))
+    widest = max(3 * base.attn_dim, base.mlp_hidden, D)
+    expand_widths = _grid(widest, align, also=(D, base.attn_dim, base.mlp_hidden, 3 * base.attn_dim))
+    reduce_widths = _grid(max(base.attn_dim, base.mlp_hidden), align, also=(base.attn_dim, base.mlp_hidden))
+    heads = tuple(sorted({1, max(1, H // 2), H}))
+    dims = _grid(base.head_dim, align)
+    dd = {"device": device, "dtype": dtype}
+
+    def timed(run: Callable[[], object]) -> float:
+        return _time(run, device, warmup=warmup, repeats=repeats)
+
+    def x(n: int, width: int) -> torch.Tensor:
+        return torch.randn(B, n, width, **dd)
+
+    expand, reduce, gelu = [], [], []
+    for n in tokens:
+        for w in expand_widths:
+            linear, inputs = nn.Linear(D, w, **dd), x(n, D)
+            expand.append(timed(lambda m=linear, i=inputs: m(i)))
+        for w in reduce_widths:
+            linear, inputs = nn.Linear(w, D, **dd), x(n, w)
+            reduce.append(timed(lambda m=linear, i=inputs: m(i)))
+            gelu.append(timed(lambda i=inputs: F.gelu(i)))
+    sdpa = []
+    for n in tokens:
+        for h in heads:
+            for d in dims:
+                q = torch.randn(B, h, n, d, **dd)
+                sdpa.append(timed(lambda q=q: F.scaled_dot_product_attention(q, q, q, scale=base.scale)))
+    norm, select = [], []
+    for n in tokens:
+        layer_norm, inputs = nn.LayerNorm(D, **dd), x(n, D)
+        norm.append(timed(lambda m=layer_norm, i=inputs: m(i)))
+        q = torch.randn(B, H, n, base.head_dim, **dd)
+        keep = max(1, (n - prefix) // 2)
+
+        def choose(q=q, i=inputs, keep=keep) -> torch.Tensor:
+            index = cls_attention(q, q, base.scale)[:, prefix:].topk(keep, dim=1).indices + prefix
+            return i.gather(1, index.unsqueeze(-1).expand(-1, -1, D))
+
+        select.append(timed(choose))
+    return {
+        "expand": Table((tokens, expand_widths), tuple(expand)),
+        "reduce": Table((tokens, reduce_widths), tuple(reduce)),
+        "gelu": Table((tokens, reduce_widths), tuple(gelu)),
+        "sdpa": Table((tokens, heads, dims), tuple(sdpa)),
+        "norm": Table((tokens,), tuple(norm)),
+        "select": Table((tokens,), tuple(select)),
+    }
 
 
 def fit_latency_model(
@@ -151,107 +244,34 @@ def fit_latency_model(
     holdout: Sequence[Policy] = (),
     progress: Callable[[str], None] | None = None,
 ) -> LatencyModel:
-    """Measure sub-layers on a grid, fit the model, and check it on ``holdout`` policies.
-
-    Sub-layers timed alone miss what a whole model adds (dispatch between blocks, caches), so the
-    whole models of the ``calibration`` policies are measured and a linear correction
-    ``measured ≈ α + β·raw`` is fitted on them; the ``holdout`` policies (distinct ones) then
-    measure the error of the corrected model.
-    """
-    D, P = base.embed_dim, base.num_prefix_tokens
-    token_grid = sorted({max(1, round(base.num_patches * r)) for r in (0.25, 0.5, 1.0)})
-    dd = {"device": device, "dtype": dtype}
-
-    def tokens_input(n: int) -> Tensor:
-        return torch.randn(batch_size, P + n, D, **dd)
-
-    attention_rows, attention_ms = [], []
-    for H in sorted({1, max(1, base.num_heads // 2), base.num_heads}):
-        for d_qk in _grid(base.head_dim, align):
-            for d_v in sorted({d_qk, base.head_dim}):
-                for n in token_grid:
-                    for keep in sorted({n, max(1, n // 2)}):
-                        attn = PrunedAttention(
-                            D,
-                            num_heads=H,
-                            qk_dim=d_qk,
-                            v_dim=d_v,
-                            scale=base.scale,
-                            score_tokens=keep < n,
-                            **dd,
-                        )
-                        tokens = KeepTokens(keep, num_prefix_tokens=P) if keep < n else KeepAllTokens()
-                        module = AttentionLayer(
-                            norm=nn.LayerNorm(D, **dd),
-                            attn=attn,
-                            ls=nn.Identity(),
-                            drop_path=nn.Identity(),
-                            tokens=tokens,
-                        ).eval()
-                        layer = LayerPolicy(
-                            True,
-                            tuple(range(H)),
-                            (tuple(range(d_qk)),) * H,
-                            (tuple(range(d_v)),) * H,
-                            True,
-                            (),
-                            keep,
-                        )
-                        x = tokens_input(n)
-                        attention_rows.append(attention_features(base, layer, n))
-                        attention_ms.append(
-                            _time(lambda m=module, x=x: m(x, None), device, warmup=warmup, repeats=repeats)
-                        )
-    if progress:
-        progress(f"latency model: {len(attention_ms)} attention shapes measured")
-
-    rows: dict[str, list[list[float]]] = {"mlp": [], "merged": []}
-    times: dict[str, list[float]] = {"mlp": [], "merged": []}
-    for h in _grid(base.mlp_hidden, align):
-        for activation in (True, False):
-            for n in token_grid:
-                layer = LayerPolicy(False, (), (), (), activation, tuple(range(h)), n)
-                kind, features = mlp_features(base, layer)
-                if kind == "merged":
-                    mlp: nn.Module = nn.Linear(D, D, **dd)
-                else:
-                    mlp = Mlp(D, hidden_features=h, act_layer=nn.GELU if activation else nn.Identity, **dd)
-                module = MlpLayer(
-                    norm=nn.LayerNorm(D, **dd), mlp=mlp, ls=nn.Identity(), drop_path=nn.Identity()
-                )
-                x = tokens_input(n)
-                rows[kind].append(features)
-                times[kind].append(_time(lambda m=module, x=x: m(x), device, warmup=warmup, repeats=repeats))
-    if not rows["merged"]:  # no aligned width above D/2: the merged form never occurs
-        rows["merged"], times["merged"] = [[1.0, 0.0]], [0.0]
-
+    """Measure the op tables, fit the whole-model correction on ``calibration`` policies, and
+    measure the error on ``holdout`` policies (distinct ones)."""
+    tables = measure_tables(
+        base, batch_size=batch_size, device=device, dtype=dtype, align=align, warmup=warmup, repeats=repeats
+    )
     empty = Policy(
         base=base,
         layers=tuple(LayerPolicy(False, (), (), (), True, (), base.num_patches) for _ in range(base.depth)),
     )
-    skeleton = materialize(empty, device=device, dtype=dtype)
-    fixed = latency_side_by_side(
-        {"fixed": skeleton}, batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, repeats=repeats
-    )["fixed"].median_ms
+    (fixed,) = measure_policies(
+        [empty], batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, repeats=repeats
+    )
     model = LatencyModel(
         device=device_name(device),
         batch_size=batch_size,
         dtype=str(dtype).removeprefix("torch."),
         fixed_ms=fixed,
-        attention=_least_squares(attention_rows, attention_ms),
-        mlp=_least_squares(rows["mlp"], times["mlp"]),
-        merged=_least_squares(rows["merged"], times["merged"]),
+        tables=tables,
     )
     if len(calibration) >= 2:
-        raw = [model.raw(policy) for policy in calibration]
         measured = measure_policies(
             calibration, batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, repeats=repeats
         )
-        alpha, beta = _least_squares([[1.0, r] for r in raw], measured)
-        model = LatencyModel(**{**asdict(model), "correction": (alpha, beta)})
+        alpha, beta = _least_squares([[1.0, model.raw(policy)] for policy in calibration], measured)
+        model = replace(model, correction=(alpha, beta))
     if holdout:
         errors = holdout_errors(model, holdout, device=device, dtype=dtype, warmup=warmup, repeats=repeats)
-        model = LatencyModel(**{**asdict(model), "holdout_error": statistics.mean(errors)})
+        model = replace(model, holdout_error=statistics.mean(errors), holdout_max_error=max(errors))
         if progress:
             progress(
                 f"latency model: held-out error mean {statistics.mean(errors):.1%}, max {max(errors):.1%}"

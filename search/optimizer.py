@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ax import Client, RangeParameterConfig
+from ax import Client, RangeParameterConfig, StorageConfig
 from ax.core.experiment import Experiment
 from ax.core.trial_status import TrialStatus
 from ax.exceptions.core import DataRequiredError
@@ -48,6 +48,7 @@ from vitprune.search.records import (
     SuggestionTiming,
     TrialRecord,
 )
+from vitprune.spaces.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,14 @@ class Optimizer:
             times faster than two, which spin-wait against the trials. ``None`` leaves torch as is.
     """
 
-    def __init__(self, *, torch_threads: int | None = 1) -> None:
+    def __init__(self, *, torch_threads: int | None = 1, storage_url: str | None = None) -> None:
         self._client: Client | None = None
         self._torch_threads = torch_threads
+        self._storage_url = storage_url
         self._suggestions: list[Suggestion] = []
         self._encoded: str | None = None  # see _ax_json
         self._encode_s = 0.0
+        self._storage_synced = True  # False after from_state: see _writable_client
 
     # -------------------------------------------------------------------- configure
     def configure(
@@ -99,7 +102,7 @@ class Optimizer:
             duplicates = sorted({p for p in parameters if list(parameters).count(p) > 1})
             raise ValueError(f"parameters: duplicate names {duplicates}")
         generation = generation or GenerationConfig()
-        client = Client(random_seed=generation.seed)
+        client = Client(random_seed=generation.seed, storage_config=_storage_config(self._storage_url))
         client.configure_experiment(
             parameters=[
                 RangeParameterConfig(name=p, parameter_type="float", bounds=(0.0, 1.0)) for p in parameters
@@ -133,7 +136,7 @@ class Optimizer:
         """
         if n < 1:
             raise ValueError(f"n: must be at least 1, got {n}")
-        client = self._configured_client("suggest")
+        client = self._writable_client("suggest")
         start = time.perf_counter()
         try:
             with self._torch_threads_set():
@@ -180,14 +183,14 @@ class Optimizer:
             return TrialStatus.FAILED.name
         finite = {name: v for name, v in values.items() if name not in not_finite}
         self._changed()
-        status = self._configured_client("complete").complete_trial(trial_index=index, raw_data=finite)
+        status = self._writable_client("complete").complete_trial(trial_index=index, raw_data=finite)
         return status.name
 
     def fail(self, index: int, reason: str) -> None:
         """Mark a RUNNING trial FAILED (it raised, ran out of memory, or reported NaN)."""
         self._running_trial(index, "fail")
         self._changed()
-        self._configured_client("fail").mark_trial_failed(trial_index=index, failed_reason=reason)
+        self._writable_client("fail").mark_trial_failed(trial_index=index, failed_reason=reason)
         logger.info("Trial %d FAILED: %s", index, reason)
 
     def abandon(self, index: int, reason: str) -> None:
@@ -204,9 +207,11 @@ class Optimizer:
           their points stay pending, so Ax does not propose the same point again.
         """
         self._running_trial(index, "abandon")
+        client = self._writable_client("abandon")
         self._changed()
-        # Client.mark_trial_abandoned takes no reason; the trial object keeps one.
-        self._experiment.trials[index].mark_abandoned(reason=reason)
+        # Client.mark_trial_abandoned takes no reason; the trial object keeps one (and is saved).
+        trial = self._experiment.trials[index].mark_abandoned(reason=reason)
+        client._save_or_update_trials_in_db_if_possible(experiment=self._experiment, trials=[trial])
         logger.info("Trial %d ABANDONED: %s", index, reason)
 
     # -------------------------------------------------------------------- best
@@ -338,7 +343,7 @@ class Optimizer:
         The JSON goes to a temporary file in the same folder, is flushed to disk, then renamed
         over ``path``: a reader (or a driver killed mid-write) never sees a partial file.
         """
-        _write_atomically(Path(path), self._ax_json())
+        write_text_atomic(path, self._ax_json())
 
     @classmethod
     def restore(cls, path: str | os.PathLike[str], *, torch_threads: int | None = 1) -> Optimizer:
@@ -354,16 +359,18 @@ class Optimizer:
             "suggestions": [dataclasses.asdict(s) for s in self._suggestions],
             "torch_threads": self._torch_threads,
             "encode_s": self._encode_s,
+            "storage_url": self._storage_url,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Optimizer:
         """Inverse of ``state``: the same experiment, generation strategy and timings."""
-        optimizer = cls(torch_threads=state["torch_threads"])
+        optimizer = cls(torch_threads=state["torch_threads"], storage_url=state.get("storage_url"))
         # Client._from_json_snapshot is what Client.load_from_json_file runs after reading the file.
-        client = Client._from_json_snapshot(snapshot=json.loads(state["ax"]))
-        optimizer._client = client
-        client._random_seed = optimizer.seed  # not part of Ax's snapshot
+        # Without storage: reading a search's state (status, export, a dashboard) never writes.
+        optimizer._client = Client._from_json_snapshot(snapshot=json.loads(state["ax"]))
+        optimizer._client._random_seed = optimizer.seed  # not part of Ax's snapshot
+        optimizer._storage_synced = optimizer._storage_url is None
         optimizer._suggestions = [Suggestion(**s) for s in state["suggestions"]]
         optimizer._encoded = state["ax"]
         optimizer._encode_s = float(state.get("encode_s", 0.0))
@@ -379,6 +386,24 @@ class Optimizer:
         if self._client is None:
             raise OptimizerStateError(f"{caller}: the optimizer is not configured; call configure() first")
         return self._client
+
+    def _writable_client(self, caller: str) -> Client:
+        """The client, saving to SQL storage (if any) from now on: for operations that change trials.
+
+        After ``from_state`` the snapshot is the truth (it matches Tune's checkpoint); the database
+        may be ahead of it, by the trials of a driver that stopped after the checkpoint. So the
+        first change replaces the database's copy of the experiment with the snapshot's.
+        """
+        client = self._configured_client(caller)
+        config = _storage_config(self._storage_url)  # binds Ax's engine to this search's database
+        if self._storage_synced:
+            return client
+        _delete_stored_experiment(self._experiment.name)
+        seed = client._random_seed
+        client = Client._from_json_snapshot(snapshot=json.loads(self._ax_json()), storage_config=config)
+        client._random_seed = seed
+        self._client, self._storage_synced = client, True
+        return client
 
     def _ax_json(self) -> str:
         """The Ax snapshot as JSON, encoded once per change of the experiment.
@@ -432,11 +457,35 @@ def _means(outcome: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(v[0] if isinstance(v, tuple) else v) for name, v in outcome.items()}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+def _delete_stored_experiment(name: str) -> None:
+    """Remove experiment ``name`` and its generation strategy from the configured SQL storage."""
+    from ax.storage.sqa_store.db import session_scope
+    from ax.storage.sqa_store.delete import delete_experiment, delete_generation_strategy
+    from ax.storage.sqa_store.sqa_classes import SQAExperiment
+
+    with session_scope() as session:
+        stored = session.query(SQAExperiment).filter_by(name=name).one_or_none() is not None
+    if stored:
+        delete_generation_strategy(name)
+        delete_experiment(name)
+
+
+def _storage_config(url: str | None) -> StorageConfig | None:
+    """Ax SQL storage at ``url`` (e.g. ``sqlite:////abs/path/ax.db``), its tables created if missing.
+
+    With it, the Ax ``Client`` saves the experiment after every operation, next to the JSON
+    snapshots. Ax imports ``tabulate`` when it saves but does not declare it (vitprune does).
+
+    Ax keeps one SQL engine per process, bound by the first ``init_engine_and_session_factory``
+    and silently kept after that. Every operation that saves therefore rebinds it to ``url``
+    first, so that two searches in one process (a benchmark) each write to their own database.
+    """
+    if url is None:
+        return None
+    from ax.storage.sqa_store import db
+
+    engine = None if db.SESSION_FACTORY is None else db.get_engine()
+    if engine is None or engine.url.render_as_string(hide_password=False) != url:
+        db.init_engine_and_session_factory(url=url, force_init=engine is not None)
+        db.create_all_tables(db.get_engine())
+    return StorageConfig(url=url)

@@ -6,7 +6,9 @@ Run directory::
     dense/               the dense model (policy.json + model.safetensors): export's teacher
     scores.json          the criteria scores every trial ranks units by
     latency_model.json   for latency budgets: the model of the trial device, with its error
-    experiment.json      Ax snapshot, rewritten atomically after every completed trial
+    experiment.json      Ax snapshot, rewritten atomically after every trial that ends
+    ax.db                the same experiment in Ax's SQL storage (when storage.enabled)
+    searcher.json        the searcher's state as of the last trial that ended (for --resume)
     trials/NNNN/         each trial's policy.json, model.safetensors and metrics.json
     trials.csv           one row per trial: parameters, structure, metrics, status, times
     best_policy.json     the best feasible policy by observed value (chosen by Ax), with provenance
@@ -77,7 +79,7 @@ def prepare(spec: SearchSpec, run_dir: Path, *, progress: Progress) -> Shared:
     space = spec.space.build(base.depth)
     criteria = spec.criteria.by_dimension(sorted(space.dimensions))
     batches = calibration_batches(
-        context.data.train_loader(seed=spec.seed), spec.criteria.calibration_batches
+        context.data.calibration_loader(seed=spec.seed), spec.criteria.calibration_batches
     )
     scores = scores_by_dimension(criteria, dense, base=base, data=batches, cache_dir=run_dir / "scores")
     write_text_atomic(run_dir / "scores.json", scores.to_json())
@@ -114,21 +116,39 @@ def prepare(spec: SearchSpec, run_dir: Path, *, progress: Progress) -> Shared:
 def _latency_model(
     spec: SearchSpec, base: Any, scores: Scores, space: Any, *, progress: Progress
 ) -> tuple[Any, float]:
-    """Fit the latency model on this process's device (the trial device for local runs)."""
+    """Fit the latency model on the trial device: a Ray task with the trials' own resources
+    (a GPU worker on a cluster whose head has none), so the model describes where trials run."""
+    import ray
+
+    from vitprune.evaluators.latency_model import LatencyModel
+
+    task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(_fit_latency_model)
+    model_json, dense_ms, device = ray.get(
+        task.remote(spec.model_dump_json(), Policy.keep_all(base).to_json(), scores.to_json())
+    )
+    model = LatencyModel.from_json(model_json)
+    progress(
+        f"latency model on {device}: held-out error {model.holdout_error:.1%} on 8 policies; "
+        f"dense model {dense_ms:.2f} ms at batch {spec.budget.batch_size}"
+    )
+    return model, dense_ms
+
+
+def _fit_latency_model(spec_json: str, dense_policy_json: str, scores_json: str) -> tuple[str, float, str]:
+    """Runs in the Ray task: fit, check on held-out policies, and measure the dense model."""
+    from vitprune.evaluators.measure import device_name
+
+    spec = SearchSpec.model_validate_json(spec_json)
+    dense_policy = Policy.from_json(dense_policy_json)
+    base, scores = dense_policy.base, Scores.from_json(scores_json)
+    space = spec.space.build(base.depth)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = resolve_device(spec.budget.device)
     dtype = getattr(torch, spec.budget.dtype)
-    dense_policy = Policy.keep_all(base)
 
-    def sample(seed: int, count: int) -> list[Policy]:
+    def build(point: dict[str, float]) -> Policy:
         budget = Budget("macs", 0.6 * macs(dense_policy))
-        return sample_policies(
-            lambda point: (
-                decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs).policy
-            ),
-            space.parameters(),
-            count,
-            seed,
-        )
+        return decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs).policy
 
     model = fit_latency_model(
         base,
@@ -136,14 +156,13 @@ def _latency_model(
         device=device,
         dtype=dtype,
         align=spec.space.align,
-        calibration=sample(spec.seed + 1, 6),
-        holdout=sample(spec.seed + 2, 8),
-        progress=progress,
+        calibration=sample_policies(build, space.parameters(), 6, spec.seed + 1),
+        holdout=sample_policies(build, space.parameters(), 8, spec.seed + 2),
     )
     (dense_ms,) = measure_policies(
         [dense_policy], batch_size=spec.budget.batch_size, device=device, dtype=dtype
     )
-    return model, dense_ms
+    return model.to_json(), dense_ms, device_name(device)
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,13 @@ def objective(spec: SearchSpec, limit: float) -> tuple[str, list[str], list[str]
     constraints = [f"latency_ms <= {limit:.6g}"] if spec.budget.metric == "latency_ms" else []
     used = {"accuracy"} | ({"latency_ms"} if spec.pareto or constraints else set())
     return objective, constraints, [name for name in REPORTED if name not in used]
+
+
+def storage_url(spec: SearchSpec, run_dir: Path) -> str | None:
+    """The Ax SQL storage URL of the run: ``storage.sql_url``, or a sqlite file in the run directory."""
+    if not spec.storage.enabled:
+        return None
+    return spec.storage.sql_url or f"sqlite:///{run_dir / 'ax.db'}"
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -289,6 +315,11 @@ def search(
     from vitprune.search.progress import ProgressCallback
 
     _quiet_third_party()
+    if not ray.is_initialized():  # before prepare: the latency model is fitted in a Ray task
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         shared = load_shared(run_dir, spec)
@@ -298,11 +329,6 @@ def search(
         shared = prepare(spec, run_dir, progress=progress)
         save_shared(shared, run_dir)
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     trainable_with_shared = tune.with_parameters(trainable, shared=shared)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if resume:
@@ -311,7 +337,7 @@ def search(
         )  # Tune restores callbacks
     else:
         objective_, constraints, tracked = objective(spec, shared.budget_limit)
-        optimizer = Optimizer()
+        optimizer = Optimizer(storage_url=storage_url(spec, run_dir))
         optimizer.configure(
             list(shared.parameters),
             objective=objective_,

@@ -29,11 +29,18 @@ early-stopped trials out of the GP anyway. ``AxSearcher``:
   id ↔ index map, queue) in Tune's experiment checkpoint, so ``Tuner.restore`` continues the same
   Ax experiment.
 
-Resume semantics: Tune saves its trial table and this searcher's state in the same experiment
-checkpoint, so the two always agree. Trials that were running (or queued) at that checkpoint are
-resumed by Tune under the same ids and complete the Ax trials they already have; trials created
-after it never existed for either. ``experiment.json`` may be ahead of the checkpoint when the
-driver was killed; it is rewritten from the restored state, so it too goes back to the checkpoint.
+Resume semantics (a killed driver loses no finished trial and runs none twice): Tune saves its
+trial table and this searcher's state in one experiment checkpoint, at most every few seconds.
+The searcher also writes its whole state to ``searcher.json`` (beside ``experiment.json``) every
+time a trial ends. ``restore`` starts from Tune's checkpoint and, when ``searcher.json`` ran ahead
+of it (the driver died between the two), takes the Ax experiment from ``searcher.json``:
+
+- trials that *ended* after the checkpoint keep their outcome. Tune resumes those it had seen
+  running; their second result is ignored (``run_trial`` returns the saved result without
+  fine-tuning again). Those Tune never saw are simply done;
+- trials *running* at the kill that Tune never saw go back to the front of the queue: the next
+  Tune trials run those same Ax trials, so no Ax trial is left RUNNING for ever;
+- trials created after the last ``searcher.json`` never existed.
 """
 
 from __future__ import annotations
@@ -49,10 +56,12 @@ from ray.tune.search import Searcher
 from vitprune.search.optimizer import Optimizer
 from vitprune.search.records import OptimizerStateError
 from vitprune.search.report import FINAL_KEY, TRIAL_KEY
+from vitprune.spaces.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
+LATEST_STATE = "searcher.json"  # beside the snapshot: the state as of the last trial that ended
 
 
 class AxSearcher(Searcher):
@@ -83,6 +92,7 @@ class AxSearcher(Searcher):
         self._queue: list[int] = []  # Ax trials generated in a batch, not yet given to Tune
         self._live: dict[str, int] = {}  # Tune trial id → Ax index, handed out and not ended
         self._ended: dict[str, int] = {}  # Tune trial id → Ax index, ended in Ax
+        self._rerunning: set[str] = set()  # resumed by Tune, though their Ax trial ended: see restore
         self._waiting = False  # Ax wants observations first: do not ask again until a trial ends
         self._warned_partial = False
 
@@ -96,7 +106,10 @@ class AxSearcher(Searcher):
         """A point for a new Tune trial, ``None`` to be asked later, or ``Searcher.FINISHED``."""
         if trial_id in self._live:  # Tune never asks twice for one id; answer consistently if it did
             return self.config(self._live[trial_id])
-        if self._max_concurrent is not None and len(self._live) >= self._max_concurrent:
+        if (
+            self._max_concurrent is not None
+            and len(self._live) + len(self._rerunning) >= self._max_concurrent
+        ):
             return None
         if not self._queue:
             remaining = self.max_trials - self._optimizer.num_trials
@@ -130,6 +143,10 @@ class AxSearcher(Searcher):
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         """End the Ax trial of ``trial_id``: FAILED, ABANDONED or COMPLETED (see module doc)."""
+        if trial_id in self._rerunning:
+            self._rerunning.discard(trial_id)
+            logger.info("Tune trial %s ended again after a resume; its first outcome stands", trial_id)
+            return
         index = self._live.pop(trial_id, None)
         if index is None:
             logger.warning("Tune trial %s has no running Ax trial (ended already?): ignored", trial_id)
@@ -185,6 +202,7 @@ class AxSearcher(Searcher):
             "queue": list(self._queue),
             "live": dict(self._live),
             "ended": dict(self._ended),
+            "rerunning": sorted(self._rerunning),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -197,6 +215,7 @@ class AxSearcher(Searcher):
         self._queue = [int(i) for i in state["queue"]]
         self._live = {str(k): int(v) for k, v in state["live"].items()}
         self._ended = {str(k): int(v) for k, v in state["ended"].items()}
+        self._rerunning = set(state.get("rerunning", ()))
         self._waiting = False
         self._warned_partial = False
 
@@ -205,16 +224,33 @@ class AxSearcher(Searcher):
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
-        """Called by ``Tuner.restore``: continue the checkpointed Ax experiment."""
-        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+        """Called by ``Tuner.restore``: continue the Ax experiment from Tune's checkpoint, or from
+        ``searcher.json`` where that ran ahead of it (see the module docstring)."""
+        checkpoint = json.loads(Path(checkpoint_path).read_text())
+        self.set_state(checkpoint)
+        latest = self._latest_state()
+        if latest is not None and _ran_ahead(latest, of=checkpoint):
+            self.set_state(latest)
+            known = set(checkpoint["live"]) | set(checkpoint["ended"])  # the Tune trials Tune restores
+            orphans = sorted(index for trial_id, index in self._live.items() if trial_id not in known)
+            self._live = {trial_id: index for trial_id, index in self._live.items() if trial_id in known}
+            self._queue = orphans + self._queue
+            self._rerunning |= {trial_id for trial_id in checkpoint["live"] if trial_id in self._ended}
+            logger.info(
+                "%s ran ahead of Tune's checkpoint: kept %d trial(s) that ended after it; %d running "
+                "Ax trial(s) Tune never saw go back to the queue",
+                LATEST_STATE,
+                len(self._ended) - len(checkpoint["ended"]),
+                len(orphans),
+            )
         logger.info(
             "Restored the Ax experiment: %d of %d trials created, %d running, %d queued",
             self._optimizer.num_trials,
             self.max_trials,
-            len(self._live),
+            len(self._live) + len(self._rerunning),
             len(self._queue),
         )
-        self._write_snapshot()  # experiment.json may be ahead of the checkpoint: realign it
+        self._write_snapshot()  # experiment.json and searcher.json now match the restored state
 
     @classmethod
     def from_experiment_dir(cls, path: str | os.PathLike[str]) -> AxSearcher:
@@ -238,9 +274,40 @@ class AxSearcher(Searcher):
 
     # -------------------------------------------------------------------- private
     def _write_snapshot(self) -> None:
+        """Write ``experiment.json`` (plain Ax) and ``searcher.json`` (this whole state), atomically."""
         if self.snapshot_path is None:
             return
         try:
             self._optimizer.snapshot(self.snapshot_path)
+            write_text_atomic(self.snapshot_path.with_name(LATEST_STATE), json.dumps(self.get_state()))
         except (OSError, OptimizerStateError) as problem:  # never stop a search for a snapshot
             logger.error("Could not write the Ax snapshot %s: %s", self.snapshot_path, problem)
+
+    def _latest_state(self) -> dict[str, Any] | None:
+        path = None if self.snapshot_path is None else self.snapshot_path.with_name(LATEST_STATE)
+        if path is None or not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as problem:  # written atomically, so only a foreign file
+            logger.warning("Ignoring %s: %s", path, problem)
+            return None
+
+
+def _ran_ahead(latest: dict[str, Any], *, of: dict[str, Any]) -> bool:
+    """Whether ``latest`` continues checkpoint ``of``: more trials ended, and the same ones before.
+
+    Trials end one at a time and ``searcher.json`` is written at each end, so "more ended" means
+    "later". A state from another search (another run directory's file) has other trial ids.
+    """
+    ended, before = latest["ended"], of["ended"]
+    return (
+        latest.get("version") == of.get("version")
+        and latest["max_trials"] == of["max_trials"]
+        and len(ended) > len(before)
+        and all(ended.get(trial_id) == index for trial_id, index in before.items())
+        and all(
+            ended.get(trial_id, latest["live"].get(trial_id)) == index
+            for trial_id, index in of["live"].items()
+        )
+    )

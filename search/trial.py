@@ -85,12 +85,29 @@ def trial_dir(run_dir: str | Path, index: int) -> Path:
     return Path(run_dir) / "trials" / f"{index:04d}"
 
 
+def _finished_result(directory: Path, point: dict[str, float]) -> dict[str, Any] | None:
+    """The metrics a finished run of this trial saved (``metrics.json`` is written last), if any."""
+    try:
+        saved = json.loads((directory / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.pop("point", None) != point:
+        return None  # another search's trial in a reused folder: never mix them up
+    saved.pop("trial", None)
+    return saved
+
+
 def run_trial(config: dict[str, Any], shared: Shared) -> None:
     """Tune function trainable: ``config`` is the point (floats in [0, 1]) plus its Ax index."""
     spec = shared.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))  # never more threads than cores granted
     index = int(config[TRIAL_KEY])
     point = {name: float(config[name]) for name in shared.parameters}
+    finished = _finished_result(trial_dir(shared.run_dir, index), point)
+    if finished is not None:  # resumed after the driver died: this trial had already finished
+        log.info("trial %d finished before the resume: reporting its saved result", index)
+        tune.report(final_result(finished))
+        return
     context = worker_context(shared)
     space = spec.space.build(context.base.depth)
     scores = Scores.from_json(shared.scores_json)

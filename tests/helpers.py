@@ -94,3 +94,14 @@ def random_policy(base: Architecture, rng: random.Random, *, prune_tokens: bool 
             )
         )
     return Policy(base=base, layers=tuple(layers))
+
+
+def calibration(model, base, *, batches=2, size=8, seed=0):
+    """Random images labelled with the model's own predictions (criteria tests have no data set)."""
+    g = torch.Generator().manual_seed(seed)
+    data = []
+    for _ in range(batches):
+        images = torch.randn(size, base.in_chans, *base.model_args["img_size"], generator=g)
+        with torch.no_grad():
+            data.append((images, model(images).argmax(-1)))
+    return data

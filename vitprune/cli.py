@@ -71,7 +71,7 @@ def _criterion_scores(args: argparse.Namespace, model: Any, base: Any) -> Any:
     batches = None
     if args.criterion not in ("magnitude", "random"):
         data = load_data(parse_section(DataConfig, args.data, "--data"), base)
-        batches = calibration_batches(data.train_loader(seed=0), args.calibration_batches)
+        batches = calibration_batches(data.calibration_loader(seed=0), args.calibration_batches)
     cache_dir = cache_root() / "scores"
     chosen = compute_scores(args.criterion, model, base=base, data=batches, cache_dir=cache_dir)
     if args.criterion == "magnitude":

@@ -3,7 +3,7 @@
 import pytest
 import timm
 import torch
-from helpers import TINY_MODELS, tiny_model
+from helpers import TINY_MODELS, calibration, tiny_model
 
 from vitprune.evaluators import describe
 from vitprune.evaluators.criteria import criterion_names, get_criterion, register_criterion
@@ -31,17 +31,6 @@ SCORE_FIELDS = (
     "token_fusion",
     "token_rates",
 )
-
-
-def calibration(model, base, *, batches=2, size=4, seed=0):
-    """Random images labelled with the model's own predictions (there is no data set here)."""
-    g = torch.Generator().manual_seed(seed)
-    data = []
-    for _ in range(batches):
-        images = torch.randn(size, base.in_chans, *base.model_args["img_size"], generator=g)
-        with torch.no_grad():
-            data.append((images, model(images).argmax(-1)))
-    return data
 
 
 def lowest(values):
@@ -76,7 +65,7 @@ def test_data_driven_criteria_need_data(name):
 @pytest.mark.parametrize("name", sorted(FIELDS))
 def test_scores_fit_every_model_family(name, key):
     model, base = tiny_model(key)
-    data = calibration(model, base)
+    data = calibration(model, base, size=4)
     if name == "star" and not base.class_token:
         with pytest.raises(InputError, match="star: token pruning needs a class token"):
             get_criterion(name)(model, base=base, data=data)
@@ -101,14 +90,14 @@ def test_headless_family_scores_with_a_classifier(name):
     torch.manual_seed(0)
     model = timm.create_model(timm_name, **args, num_classes=10).eval()
     base = describe(model, name=timm_name, model_args={**args, "num_classes": 10})
-    scores = get_criterion(name)(model, base=base, data=calibration(model, base)).check(base)
+    scores = get_criterion(name)(model, base=base, data=calibration(model, base, size=4)).check(base)
     assert all(getattr(scores, field) is not None for field in FIELDS[name])
 
 
 @pytest.mark.parametrize("name", DATA_DRIVEN)
 def test_criteria_leave_the_model_untouched_and_are_deterministic(name):
     model, base = tiny_model("deit")
-    data = calibration(model, base)
+    data = calibration(model, base, size=4)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     model.train()
     first = get_criterion(name)(model, base=base, data=data)
@@ -170,14 +159,14 @@ def test_a_neuron_with_a_zero_output_column_scores_lowest(name):
     with torch.no_grad():
         for block, neuron in zip(model.blocks, dead, strict=True):
             block.mlp.fc2.weight[:, neuron] = 0
-    scores = get_criterion(name)(model, base=base, data=calibration(model, base))
+    scores = get_criterion(name)(model, base=base, data=calibration(model, base, size=4))
     assert [lowest(layer) for layer in scores.mlp] == dead
     assert [scores.mlp[layer][n] for layer, n in enumerate(dead)] == [0.0, 0.0, 0.0]
 
 
 def test_scores_combine_criteria_per_dimension():
     model, base = tiny_model("deit")
-    data = calibration(model, base)
+    data = calibration(model, base, size=4)
     hsic, snp, star = (get_criterion(n)(model, base=base, data=data) for n in ("hsic", "snp", "star"))
     combined = Scores.combine({"heads": hsic, "qk": snp, "v": snp, "mlp": hsic, "tokens": star}).check(base)
     assert combined.heads == hsic.heads and combined.qk == snp.qk and combined.token_prior == star.token_prior

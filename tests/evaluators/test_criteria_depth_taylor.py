@@ -6,23 +6,12 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_MODELS, tiny_model
+from helpers import TINY_MODELS, calibration, tiny_model
 
 from vitprune.evaluators import apply_policy
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.criteria.depth import block_inputs, forward_from, kl_to
 from vitprune.spaces import Policy
-
-
-def calibration(model, base, *, batches=2, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    data = []
-    for _ in range(batches):
-        images = torch.randn(size, base.in_chans, *base.model_args["img_size"], generator=g)
-        with torch.no_grad():
-            data.append((images, model(images).argmax(-1)))
-    return data
-
 
 # -- depth -----------------------------------------------------------------------------------------
 

@@ -4,22 +4,11 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import calibration, tiny_model
 
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.criteria.hsic import centred, dependence, gram, mrmr_order, normalised_hsic
 from vitprune.evaluators.criteria.snp import pivoted_residuals, qk_removal_kl
-
-
-def calibration(model, base, *, batches=2, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    data = []
-    for _ in range(batches):
-        images = torch.randn(size, base.in_chans, *base.model_args["img_size"], generator=g)
-        with torch.no_grad():
-            data.append((images, model(images).argmax(-1)))
-    return data
-
 
 # -- HSIC ------------------------------------------------------------------------------------------
 

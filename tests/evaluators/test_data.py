@@ -54,8 +54,19 @@ def test_calibration_batches_are_a_list_of_train_batches(digits_base):
     from vitprune.evaluators.criteria import calibration_batches
 
     data = load_data(DataConfig(batch_size=16), digits_base)
-    batches = calibration_batches(data.train_loader(seed=0), 3)
+    batches = calibration_batches(data.calibration_loader(seed=0), 3)
     assert len(batches) == 3 and batches[0][0].shape == (16, 1, 16, 16)
+    again = calibration_batches(data.calibration_loader(seed=0), 3)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))  # deterministic
+
+
+def test_training_images_are_augmented_but_calibration_images_are_not(digits_base):
+    data = load_data(DataConfig(), digits_base)
+    index = data.train.indices[0]
+    clean = data.train_clean.dataset[index][0]
+    shifted = [data.train.dataset[index][0] for _ in range(8)]
+    assert any(not torch.equal(image, clean) for image in shifted)
+    assert data.train_clean.indices == data.train.indices
 
 
 def test_imagefolder_with_timm_transforms(tmp_path):

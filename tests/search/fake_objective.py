@@ -44,11 +44,12 @@ def optimizer(
     initial_trials: int = 3,
     objective: str = "accuracy",
     constraints: tuple[str, ...] = (CONSTRAINT,),
+    storage_url: str | None = None,
 ) -> Optimizer:
     """A configured optimizer over ``NAMES`` with the tiny acquisition budget tests can afford."""
     from vitprune.search import GenerationConfig, Optimizer
 
-    optimizer = Optimizer()
+    optimizer = Optimizer(storage_url=storage_url)
     optimizer.configure(
         NAMES,
         objective=objective,

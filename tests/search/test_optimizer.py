@@ -7,7 +7,7 @@ import os
 
 import fake_objective as fake
 import pytest
-from ax import Client
+from ax import Client, StorageConfig
 
 from vitprune.search import NoFeasibleTrialError, Optimizer, OptimizerStateError, TrialRecord
 
@@ -244,3 +244,31 @@ def test_state_keeps_timings_seed_and_threads():
     assert restored.timing() == optimizer.timing()
     _assert_same_trials(restored.trials(), optimizer.trials())
     assert (restored.seed, restored._torch_threads) == (0, 1)
+
+
+def test_sql_storage_follows_the_restored_snapshot_not_a_driver_that_ran_on(tmp_path):
+    from ax.storage.sqa_store import db
+
+    url, other_url = (f"sqlite:///{tmp_path / name}" for name in ("ax.db", "other.db"))
+
+    def stored(at: str = url) -> dict[int, str]:
+        db.init_engine_and_session_factory(url=at, force_init=True)  # Ax keeps one engine per process
+        client = Client.load_from_database("vitprune", storage_config=StorageConfig(url=at))
+        return {index: trial.status.name for index, trial in client._experiment.trials.items()}
+
+    other = fake.optimizer(storage_url=other_url)  # binds Ax's one engine per process first
+    _run(other, 1)
+    optimizer = fake.optimizer(initial_trials=3, storage_url=url)
+    _run(optimizer, 3)
+    checkpoint = json.loads(json.dumps(optimizer.state()))
+    _run(optimizer, 5)  # the driver went on after the checkpoint, then died
+    assert len(stored()) == 5
+
+    restored = Optimizer.from_state(checkpoint)
+    assert len(restored.trials()) == 3 and len(stored()) == 5  # reading writes nothing
+    (index,) = restored.suggest(1)
+    assert stored() == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED", index: "RUNNING"}
+    restored.abandon(index, "stopped early")
+    assert stored()[index] == "ABANDONED"
+    _run(other, 2)
+    assert len(stored(other_url)) == 2 and len(stored()) == 4  # each search its own database

@@ -75,21 +75,9 @@ def test_an_interrupted_search_resumes_with_exactly_the_planned_trials(tmp_path)
 
 
 def spec_parameters(rows: list[dict[str, str]]) -> set[str]:
-    known = {
-        "heads",
-        "heads_slope",
-        "qk",
-        "qk_slope",
-        "v",
-        "v_slope",
-        "mlp",
-        "mlp_slope",
-        "tokens",
-        "token_start",
-        "drop_attn",
-        "drop_act",
-    }
-    return known & set(rows[0])
+    from vitprune.spaces.space import SearchSpace
+
+    return set(SearchSpace("compact", depth=2).parameters()) & set(rows[0])
 
 
 def _trial_statuses(snapshot: Path) -> list[dict[str, str]]:

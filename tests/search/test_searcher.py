@@ -145,13 +145,56 @@ def test_rejects_a_nonpositive_budget():
         AxSearcher(Optimizer(), max_trials=0)
 
 
-def test_restore_rewinds_a_snapshot_that_ran_ahead_of_the_checkpoint(tmp_path):
+def test_restore_keeps_trials_that_ended_after_the_checkpoint(tmp_path):
     searcher = _searcher(tmp_path, concurrency=2)
     points = [searcher.suggest("t0"), searcher.suggest("t1")]
     searcher.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last checkpoint
     searcher.on_trial_complete("t0", _final(points[0]))  # then the driver dies
-    ahead = [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()]
-    assert ahead == ["COMPLETED", "RUNNING"]
-    _restored(tmp_path / "searcher-state.pkl")  # Tune resumes t0 and t1: both still run in Ax
-    rewound = [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()]
-    assert rewound == ["RUNNING", "RUNNING"]
+    restored = _restored(tmp_path / "searcher-state.pkl")  # Tune resumes t0 and t1
+    assert [r.status for r in restored.optimizer.trials()] == ["COMPLETED", "RUNNING"]
+    assert restored.suggest("t2") is None  # t0 and t1 fill both slots while they run again
+    restored.on_trial_complete("t0", _final(points[0]))  # t0's second end changes nothing
+    restored.on_trial_complete("t1", _final(points[1]))
+    assert [r.status for r in restored.optimizer.trials()] == ["COMPLETED", "COMPLETED"]
+    on_disk = [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()]
+    assert on_disk == ["COMPLETED", "COMPLETED"]
+
+
+def test_restore_requeues_running_trials_tune_never_saw_and_loses_no_finished_one(tmp_path):
+    searcher = _searcher(tmp_path, max_trials=6, concurrency=2, initial_trials=6)
+    p0, p1 = searcher.suggest("t0"), searcher.suggest("t1")
+    searcher.on_trial_complete("t0", _final(p0))
+    searcher.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last checkpoint: t1 running
+    p2 = searcher.suggest("t2")
+    searcher.on_trial_complete("t1", _final(p1))
+    p3 = searcher.suggest("t3")
+    searcher.on_trial_complete("t2", _final(p2))  # searcher.json written here; t3 still running
+    searcher.suggest("t4")  # created after the last searcher.json: never existed
+
+    restored = _restored(tmp_path / "searcher-state.pkl")
+    assert [r.status for r in restored.optimizer.trials()] == ["COMPLETED"] * 3 + ["RUNNING"]
+    assert restored.trial_indices == {"t0": 0, "t1": 1, "t2": 2}  # t1 is resumed by Tune
+    # Tune resumes t1 (one slot); the other slot gets t3's Ax trial, not a new point.
+    assert restored.suggest("t5") == {**p3, TRIAL_KEY: 3}
+    assert restored.suggest("t6") is None
+    restored.on_trial_complete("t1", _final(p1))
+    restored.on_trial_complete("t5", _final(p3))
+    for trial_id in ("t6", "t7"):
+        point = restored.suggest(trial_id)
+        restored.on_trial_complete(trial_id, _final(point))
+    assert restored.suggest("t8") == Searcher.FINISHED
+    assert [r.status for r in restored.optimizer.trials()] == ["COMPLETED"] * 6
+
+
+def test_a_checkpoint_newer_than_searcher_json_wins(tmp_path):
+    searcher = _searcher(tmp_path, concurrency=2)
+    p0 = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", _final(p0))  # searcher.json: 1 trial
+    searcher.suggest("t1")
+    searcher.save(str(tmp_path / "searcher-state.pkl"))  # the checkpoint knows t1 as well
+    restored = _restored(tmp_path / "searcher-state.pkl")
+    assert restored.trial_indices == {"t0": 0, "t1": 1}
+    assert [r.status for r in Optimizer.restore(tmp_path / "experiment.json").trials()] == [
+        "COMPLETED",
+        "RUNNING",
+    ]
