@@ -33,11 +33,13 @@ from vitprune.spaces import Policy, macs
 from vitprune.spaces.space import Budget, SearchSpace, decode
 
 
-def sample(base, scores, space, *, seed: int, count: int, fraction: float) -> list[Policy]:
-    """Policies decoded from seeded random points of ``space`` at ``fraction`` of dense MACs."""
-    budget = Budget("macs", fraction * macs(Policy.keep_all(base)))
+def policies(base, scores, space, *, seed: int, count: int) -> list[Policy]:
+    """Policies decoded from seeded random points of ``space``, spread over fractions of dense
+    MACs exactly as a latency-budget search samples its calibration and held-out policies."""
+    dense_macs = macs(Policy.keep_all(base))
 
-    def build(point: dict[str, float]) -> Policy:
+    def build(point: dict[str, float], fraction: float) -> Policy:
+        budget = Budget("macs", fraction * dense_macs)
         return decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs).policy
 
     return sample_policies(build, space.parameters(), count, seed)
@@ -69,15 +71,11 @@ def main() -> None:
         scores = get_criterion("magnitude")(dense, base=base)
         space = SearchSpace("compact", depth=base.depth)
         started = time.perf_counter()
-        calibration = sample(base, scores, space, seed=1, count=6, fraction=0.6)
+        calibration = policies(base, scores, space, seed=1, count=6)
         model = fit_latency_model(
             base, batch_size=args.batch_size, device=device, dtype=dtype, calibration=calibration
         )
-        held_out = [
-            policy
-            for fraction in (0.3, 0.5, 0.7)
-            for policy in sample(base, scores, space, seed=2, count=args.holdout // 3, fraction=fraction)
-        ]
+        held_out = policies(base, scores, space, seed=2, count=args.holdout)
         errors = holdout_errors(model, held_out, device=device, dtype=dtype, repeats=10)
         first = measure_policies(held_out, batch_size=args.batch_size, device=device, dtype=dtype, repeats=10)
         second = measure_policies(

@@ -146,8 +146,8 @@ def _fit_latency_model(spec_json: str, dense_policy_json: str, scores_json: str)
     device = resolve_device(spec.budget.device)
     dtype = getattr(torch, spec.budget.dtype)
 
-    def build(point: dict[str, float]) -> Policy:
-        budget = Budget("macs", 0.6 * macs(dense_policy))
+    def build(point: dict[str, float], fraction: float) -> Policy:
+        budget = Budget("macs", fraction * macs(dense_policy))
         return decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs).policy
 
     model = fit_latency_model(

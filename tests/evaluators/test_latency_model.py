@@ -104,14 +104,14 @@ def test_a_model_with_every_block_removed_costs_the_fixed_part():
     assert model.raw(empty) == 0.25 and model(empty) == 1 + 3 * 0.25
 
 
-def test_the_correction_is_fitted_on_whole_models_and_held_out_error_is_reported(monkeypatch):
+def test_the_correction_is_one_factor_fitted_on_whole_models_and_held_out_error_is_reported(monkeypatch):
     _, base = tiny_model("deit")
     tables = _linear_tables(base)
     truth = LatencyModel(device="cpu", batch_size=2, dtype="float32", fixed_ms=0.0, tables=tables)
-    alpha, beta = 0.7, 1.3
+    beta = 1.3
 
-    def measured(policies, **_):
-        return [alpha + beta * truth.raw(policy) for policy in policies]
+    def measured(policies, **_):  # what the tables miss: 30 % on every op
+        return [beta * truth.raw(policy) for policy in policies]
 
     monkeypatch.setattr(lm, "measure_tables", lambda base, **_: tables)
     monkeypatch.setattr(lm, "measure_policies", measured)
@@ -121,11 +121,34 @@ def test_the_correction_is_fitted_on_whole_models_and_held_out_error_is_reported
     model = fit_latency_model(
         base, batch_size=2, device=torch.device("cpu"), calibration=calibration, holdout=holdout
     )
-    assert model.fixed_ms == alpha  # the every-block-removed model, measured
-    assert model.correction == pytest.approx((alpha - beta * alpha, beta), abs=1e-4)  # raw ~ 1e9
-    assert model.holdout_error == pytest.approx(0.0, abs=1e-9) and model.holdout_max_error is not None
+    assert model.fixed_ms == 0.0  # the every-block-removed model, measured
+    assert model.correction == pytest.approx((0.0, beta), rel=1e-12)
     for policy in holdout:
-        assert model(policy) == pytest.approx(measured([policy])[0], rel=1e-9)
+        assert model(policy) == pytest.approx(measured([policy])[0], rel=1e-12)
+    assert model.holdout_error == pytest.approx(0.0, abs=1e-12) and model.holdout_max_error is not None
+
+
+def test_the_factor_minimises_the_relative_error(monkeypatch):
+    _, base = tiny_model("deit")
+    tables = _linear_tables(base)
+    truth = LatencyModel(device="cpu", batch_size=2, dtype="float32", fixed_ms=0.0, tables=tables)
+    rng = random.Random(3)
+    calibration = [random_policy(base, rng) for _ in range(5)]
+    factors = iter([1.1, 0.9, 1.2, 1.0, 0.8])
+    truths = {id(p): next(factors) * truth.raw(p) for p in calibration}
+    monkeypatch.setattr(lm, "measure_tables", lambda base, **_: tables)
+    monkeypatch.setattr(
+        lm, "measure_policies", lambda policies, **_: [truths.get(id(p), 0.0) for p in policies]
+    )
+    model = fit_latency_model(base, batch_size=2, device=torch.device("cpu"), calibration=calibration)
+    assert model.correction[0] == 0.0
+
+    def loss(b):
+        return sum((b * truth.raw(p) - truths[id(p)]) ** 2 / truths[id(p)] ** 2 for p in calibration)
+
+    best = model.correction[1]
+    assert loss(best) <= min(loss(best * 0.999), loss(best * 1.001))
+    assert 0.8 < best < 1.25
 
 
 def test_a_real_fit_on_a_tiny_model_has_full_tables_and_round_trips_through_json():
