@@ -27,8 +27,8 @@ from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.evaluators.trial import cached_context, evaluate_policy
 from vitprune.spaces import LayerRatios, Policy, Scores, macs
+from vitprune.spaces.budget import Budget, Proposal, project
 from vitprune.spaces.scores import DIMENSIONS
-from vitprune.spaces.space import Budget, Proposal, project
 
 
 def rankings(scores: dict[str, Scores], seeds: int) -> dict[str, dict[str, list[Scores]]]:
@@ -66,10 +66,11 @@ def proposals(depth: int) -> dict[str, Proposal]:
     widths = tuple(LayerRatios(heads=0.7, qk=0.7, v=0.7, mlp=0.7) for _ in range(depth))
     tokens = tuple(LayerRatios(tokens=0.8 if i >= 1 else 1.0) for i in range(depth))
     deep = tuple(LayerRatios(heads=0.9, qk=0.9, v=0.9, mlp=0.9) for _ in range(depth))
+    width_dims = frozenset({"heads", "qk", "v", "mlp"})
     return {
-        "widths": Proposal(widths, drop_attn=0, drop_act=0),
-        "tokens": Proposal(tokens, drop_attn=0, drop_act=0),
-        "depth": Proposal(deep, drop_attn=2, drop_act=3),
+        "widths": Proposal(widths, free=width_dims),
+        "tokens": Proposal(tokens, free=frozenset({"tokens"})),
+        "depth": Proposal(deep, free=width_dims, drop_attn=2, drop_act=3),  # which layers, not how many
     }
 
 

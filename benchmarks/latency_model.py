@@ -30,7 +30,8 @@ from vitprune.evaluators.latency_model import (
 )
 from vitprune.evaluators.measure import device_name
 from vitprune.spaces import Policy, macs
-from vitprune.spaces.space import Budget, SearchSpace, decode
+from vitprune.spaces.budget import Budget
+from vitprune.spaces.space import SearchSpace, decode
 
 
 def policies(base, scores, space, *, seed: int, count: int) -> list[Policy]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -20,10 +20,12 @@ DIGITS_MODEL = "vitprune_digits_vit"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Settings that do not change what a cache holds (checks, not inputs).
+    not_in_digest: ClassVar[frozenset[str]] = frozenset()
 
     def digest(self) -> str:
         """A stable hash of the section's content (for caches keyed by configuration)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        text = json.dumps(self.model_dump(mode="json", exclude=set(self.not_in_digest)), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -60,6 +62,9 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
     seed: int = 0
+    check_images: bool = Field(True, description="imagefolder: open every image header before any work")
+
+    not_in_digest: ClassVar[frozenset[str]] = frozenset({"check_images"})
 
     @model_validator(mode="before")
     @classmethod

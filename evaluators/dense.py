@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
 from vitprune.evaluators.config import DataConfig, DenseTrainingConfig, FinetuneConfig, ModelConfig
-from vitprune.evaluators.data import DataSplits, load_data
+from vitprune.evaluators.data import DataSplits, load_data, num_classes
 from vitprune.evaluators.describe import create_dense, describe
 from vitprune.evaluators.finetune import finetune
-from vitprune.evaluators.io import POLICY_FILE, load_pruned, read_state_dict, save_pruned
+from vitprune.evaluators.io import POLICY_FILE, load_pruned, read_policy, read_state_dict, save_pruned
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.surgery import apply_policy, dense_state_dict
 from vitprune.spaces import Architecture, InputError, Policy
@@ -107,6 +108,25 @@ def load_dense(
         )
     log.info("loaded %s weights from %s", name, checkpoint)
     return model.eval(), describe(model, name=name, model_args=args)
+
+
+def dense_architecture(model_config: ModelConfig, data_config: DataConfig) -> Architecture:
+    """The architecture a search will prune, from the configuration alone: a ``meta``-device model
+    (no weights read, nothing trained) with the classifier sized for the data, as
+    :func:`prepare_dense` will size it. For the checks that must come before any work."""
+    classes = num_classes(data_config)
+    checkpoint = model_config.checkpoint
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise InputError(f"model.checkpoint: {checkpoint}: no such file or directory")
+    if checkpoint is not None and (Path(checkpoint) / POLICY_FILE).exists():
+        base = read_policy(checkpoint).base
+        name, args = base.model, base.model_args
+    else:
+        name, args = model_config.name, dict(model_config.args)
+    args = {**args, "num_classes": classes}
+    with torch.device("meta"):
+        model = _create(name, pretrained=False, model_args=args)
+    return describe(model, name=name, model_args=args)
 
 
 # -- the dense model a search starts from ---------------------------------------------------------

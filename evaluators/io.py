@@ -7,11 +7,16 @@ Dense checkpoints from elsewhere are read by :func:`read_state_dict`.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import pickle
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -122,12 +127,7 @@ def load_pruned(
         raise InputError(f"{directory}: not a model directory (expected {POLICY_FILE} and {WEIGHTS_FILE})")
     policy = read_policy(directory)
     weights = directory / WEIGHTS_FILE
-    try:
-        state = load_file(weights, device=str(device))
-    except FileNotFoundError:
-        raise InputError(f"{weights}: missing") from None
-    except (SafetensorError, OSError) as error:
-        raise InputError(f"{weights}: not a readable safetensors file ({error})") from None
+    state = _read_safetensors(weights, device=str(device))
     model = build_pruned(policy)
     _check_state(model, state, source=str(weights))
     model.load_state_dict(state, strict=True, assign=True)
@@ -143,19 +143,18 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a dense checkpoint: a safetensors file, a ``torch.save`` state dict (loaded with
     ``weights_only=True``) possibly nested under ``model`` / ``state_dict`` / ``model_ema``, or a
     vitprune model directory. A ``module.`` prefix (DDP) is stripped.
+
+    Raises:
+        InputError: one line naming the file; vitprune never offers to unpickle arbitrary objects.
     """
     path = Path(path)
     if path.is_dir():
-        return dict(load_file(path / WEIGHTS_FILE)) if (path / WEIGHTS_FILE).exists() else _no_weights(path)
+        if not (path / WEIGHTS_FILE).exists():
+            raise InputError(f"{path}: directory has no {WEIGHTS_FILE}")
+        return _read_safetensors(path / WEIGHTS_FILE)
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
     for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -165,5 +164,36 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def _no_weights(path: Path) -> dict[str, Tensor]:
-    raise InputError(f"{path}: directory has no {WEIGHTS_FILE}")
+def _read_safetensors(path: Path, *, device: str = "cpu") -> dict[str, Tensor]:
+    try:
+        return dict(load_file(path, device=device))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing") from None
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+
+
+def _read_torch(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, with ``argparse.Namespace`` allowed (timm's training
+    checkpoints carry their arguments in one; it only holds attributes)."""
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore")  # pickle-protocol chatter on files that are not checkpoints
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(error))
+        if found is None:
+            raise InputError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
+        raise InputError(
+            f"{path}: not a readable checkpoint (it holds a {found.group(1)} object, and vitprune never "
+            "unpickles arbitrary objects); save the weights alone, with torch.save(model.state_dict(), "
+            "...) or as safetensors"
+        ) from None
+    except Exception as error:  # zip and storage errors of torch.load
+        raise InputError(
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {_first_line(error)})"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -4,10 +4,15 @@ Latency is measured, never estimated: ``torch.inference_mode()``, warm-up runs f
 synchronised around every timed run, and the median reported with the min and max. To compare
 models on a noisy machine, :func:`latency_side_by_side` interleaves their runs so that load changes
 hit all of them alike.
+
+Measuring never changes what is measured: latency runs on a copy moved to the measuring device
+and dtype (a bf16 measurement must not round the fp32 weights a trial then saves), and accuracy
+restores the model's train/eval mode.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Iterable, Mapping
@@ -64,7 +69,8 @@ def latency_side_by_side(
     """Latency of several timm ViTs measured in interleaved rounds (one run of each per round).
 
     Args:
-        models: name → model; each is moved to ``device``/``dtype`` and put in eval mode.
+        models: name → model; each is measured as an eval-mode copy on ``device``/``dtype``,
+            the model itself is left as it was.
         batch_size: images per forward pass.
         device: where to run (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         dtype: parameter and input dtype (``torch.bfloat16`` on GPUs).
@@ -75,7 +81,9 @@ def latency_side_by_side(
         name → :class:`Latency`.
     """
     device = torch.device(device)
-    prepared = {name: model.to(device=device, dtype=dtype).eval() for name, model in models.items()}
+    prepared = {
+        name: copy.deepcopy(model).to(device=device, dtype=dtype).eval() for name, model in models.items()
+    }
     inputs = {name: _input(model, batch_size, device, dtype) for name, model in prepared.items()}
     times: dict[str, list[float]] = {name: [] for name in prepared}
     with torch.inference_mode():

@@ -152,7 +152,6 @@ def evaluate_policy(
             "latency_max_ms": measured_latency.max_ms,
             "latency_seconds": time.perf_counter() - started,
         }
-        pruned.float()
     if test:
         report["test_accuracy"] = accuracy(pruned, context.data.eval_loader("test"), device=train_device).top1
     return TrialResult(metrics=report, model=pruned)

@@ -17,22 +17,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from vitprune.search.rundir import RunDir
 from vitprune.spaces import InputError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _log_to(run_dir: Path, *, quiet: bool = False) -> None:
-    """The search logger goes to the console (rich) and to ``run_dir/search.log``."""
+def _log_to_console(*, quiet: bool = False) -> None:
+    """The search logger goes to the console (rich); the search adds ``search.log`` once its run
+    directory exists (after every check has passed)."""
     logger = logging.getLogger("vitprune.search")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(run_dir / "search.log")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.handlers = [file_handler]
-    if not quiet:
-        logger.addHandler(_ConsoleHandler())
+    logger.handlers = [] if quiet else [_ConsoleHandler()]
 
 
 class _ConsoleHandler(logging.Handler):
@@ -54,10 +51,13 @@ def cmd_search(args: argparse.Namespace) -> None:
     run_dir = spec.resolved_run_dir(args.run_dir)
     if args.smoke_test and args.run_dir is None:
         run_dir = run_dir.with_name(run_dir.name + "-smoke")
-    _log_to(run_dir)
+    _log_to_console()
     log = logging.getLogger("vitprune.search")
     log.info("%s %s → %s", "resuming" if args.resume else "search", args.config, run_dir)
     outcome = search(spec, run_dir=run_dir, resume=args.resume, address=args.address, progress=log.info)
+    if outcome.front is not None:
+        _print_front(outcome.front, run_dir)
+        return
     if outcome.best is None:
         console.print(f"no feasible trial completed; see {run_dir / 'trials.csv'}")
         return
@@ -72,15 +72,38 @@ def cmd_search(args: argparse.Namespace) -> None:
     )
 
 
-def _trial_source(run_dir: Path, trial: int | None) -> tuple[Path, int]:
+def _print_front(front: list[dict[str, Any]], run_dir: Path) -> None:
+    if not front:
+        console.print(f"no feasible trial completed; see {run_dir / 'trials.csv'}")
+        return
+    console.print(
+        f"Pareto front: {len(front)} trials in {run_dir / 'pareto_front.json'}, models in "
+        f"{run_dir / 'pareto_front'}/NNNN (vitprune export {run_dir} --trial N)"
+    )
+    for trial in sorted(front, key=lambda t: -t["metrics"]["accuracy"]):
+        metrics = trial["metrics"]
+        console.print(
+            f"  trial {trial['trial']}: search-val accuracy {metrics['accuracy']:.4f}, latency "
+            f"{metrics['latency_ms']:.2f} ms, {trial['ratios']['macs']:.1%} of dense MACs"
+        )
+
+
+def _trial_source(run: RunDir, trial: int | None) -> tuple[Path, int]:
+    """The folder of ``--trial N``, or of the best feasible trial; a Pareto search has no single
+    best, so it needs ``--trial``."""
     if trial is None:
-        best = run_dir / "best_policy.json"
-        if not best.exists():
+        if run.pareto_front.exists():
+            front = [t["trial"] for t in json.loads(run.pareto_front.read_text())["trials"]]
             raise InputError(
-                f"{run_dir}: no best_policy.json (the search has no feasible trial yet); pass --trial N"
+                f"{run.root}: a Pareto search has no single best; pass --trial N "
+                f"(the front: {', '.join(map(str, front)) or 'empty'})"
             )
-        trial = int(json.loads(best.read_text())["trial"])
-    source = run_dir / "trials" / f"{trial:04d}"
+        if not run.best_policy.exists():
+            raise InputError(
+                f"{run.root}: no best_policy.json (the search has no feasible trial yet); pass --trial N"
+            )
+        trial = int(json.loads(run.best_policy.read_text())["trial"])
+    source = run.trial(trial)
     if not (source / "model.safetensors").exists():
         raise InputError(f"--trial {trial}: {source} holds no model (did the trial complete?)")
     return source, trial
@@ -95,17 +118,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     from vitprune.search.config import SearchSpec
     from vitprune.spaces import Policy, macs, params
 
-    run_dir = Path(args.run_dir)
-    spec_file = run_dir / "spec.json"
-    if not spec_file.exists():
-        raise InputError(f"{run_dir}: not a vitprune run directory (no spec.json)")
-    spec = SearchSpec.model_validate_json(spec_file.read_text())
-    source, trial = _trial_source(run_dir, args.trial)
+    run = RunDir(args.run_dir)
+    run.check_search()
+    spec = SearchSpec.model_validate_json(run.spec.read_text())
+    source, trial = _trial_source(run, args.trial)
     model, policy = load_pruned(source)
     data = load_data(spec.data, policy.base)
     report: dict[str, Any] = {"trial": trial, "source": str(source)}
     if args.finetune_epochs:
-        teacher, _ = load_dense(None, checkpoint=run_dir / "dense")
+        teacher, _ = load_dense(None, checkpoint=run.dense)
         config = spec.finetune.model_copy(update={"epochs": args.finetune_epochs, "steps": None})
         console.print(f"fine-tuning trial {trial} for {args.finetune_epochs} epochs …")
         report["finetune_seconds"] = finetune(model, data=data, config=config, teacher=teacher).seconds
@@ -124,13 +145,15 @@ def cmd_status(args: argparse.Namespace) -> None:
     from vitprune.search.tables import trial_rows
     from vitprune.spaces import Policy
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "experiment.json").exists():
-        raise InputError(f"{run_dir}: no experiment.json yet (not a search run directory, or no trial ended)")
-    optimizer = Optimizer.restore(run_dir / "experiment.json")
-    dense = Policy.from_json((run_dir / "dense" / "policy.json").read_text())
-    rows = trial_rows(run_dir, optimizer.trials(), dense=dense)
-    table = Table(title=f"{run_dir.name}: {len(rows)} trials")
+    run = RunDir(args.run_dir)
+    if not run.experiment.exists():
+        raise InputError(
+            f"{run.root}: no experiment.json yet (not a search run directory, or no trial ended)"
+        )
+    optimizer = Optimizer.restore(run.experiment)
+    dense = Policy.from_json((run.dense / "policy.json").read_text())
+    rows = trial_rows(run, optimizer.trials(), dense=dense)
+    table = Table(title=f"{run.root.name}: {len(rows)} trials")
     columns = (
         "trial",
         "status",
@@ -147,10 +170,15 @@ def cmd_status(args: argparse.Namespace) -> None:
         table.add_row(*(_cell(row.get(column)) for column in columns))
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: no truncated cells
     try:
-        best = optimizer.best()
-        console.print(
-            f"best so far: trial {best.index}, accuracy {best.metrics.get('accuracy', float('nan')):.4f}"
-        )
+        if optimizer.multi_objective:
+            front = optimizer.pareto_frontier()
+            trials = ", ".join(str(point.index) for point in front)
+            console.print(f"Pareto front so far (accuracy, -latency_ms): trials {trials}")
+        else:
+            best = optimizer.best()
+            console.print(
+                f"best so far: trial {best.index}, accuracy {best.metrics.get('accuracy', float('nan')):.4f}"
+            )
     except NoFeasibleTrialError:
         console.print("no feasible trial has completed yet")
 
@@ -166,14 +194,34 @@ def _cell(value: Any) -> str:
 def cmd_dashboard(args: argparse.Namespace) -> None:
     from vitprune.search.dashboard import render, serve
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: no such run directory")
-    _log_to(run_dir)
+    run = RunDir(args.run_dir)
+    if not run.root.is_dir():
+        raise InputError(f"{run.root}: no such run directory")
+    _log_to_console()
     if args.once:
-        console.print(f"wrote {render(run_dir)}")
+        console.print(f"wrote {render(run)}")
     else:
-        serve(run_dir, port=args.port)
+        serve(run, host=args.host, port=args.port)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 1..65535, got {text}")
+    return value
+
+
+def _trial_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a trial number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (an Ax trial index), got {text}")
+    return value
 
 
 def add_commands(commands: Any) -> None:
@@ -193,7 +241,9 @@ def add_commands(commands: Any) -> None:
         "export", help="the best (or a chosen) trial's policy and model, with test accuracy"
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--trial", type=int, metavar="N", help="Ax trial index (default: the best feasible)")
+    p.add_argument(
+        "--trial", type=_trial_index, metavar="N", help="Ax trial index (default: the best feasible)"
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune longer first")
     p.set_defaults(func=cmd_export)
@@ -204,6 +254,12 @@ def add_commands(commands: Any) -> None:
 
     p = commands.add_parser("dashboard", help="serve a live page of Ax analysis cards for a run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--port", type=_port, default=8050, help="TCP port (default: 8050)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 shares the page "
+        "with the network)",
+    )
     p.add_argument("--once", action="store_true", help="write dashboard.html once and exit")
     p.set_defaults(func=cmd_dashboard)

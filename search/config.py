@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vitprune.evaluators.config import (
     DataConfig,
@@ -61,10 +61,15 @@ class BudgetSpec(Section):
 
     @field_validator("macs", "params", "latency_ms")
     @classmethod
-    def _positive(cls, value: float | str | None) -> float | str | None:
+    def _in_range(cls, value: float | str | None) -> float | str | None:
         amount = _amount(value)
-        if amount is not None and amount[0] <= 0:
-            raise ValueError("must be > 0")
+        if amount is None:
+            return value
+        number, relative = amount
+        if relative and not 0 < number <= 1:
+            raise ValueError(f"must be a share of the dense model in (0 %, 100 %], got {value!r}")
+        if not number > 0 or number == float("inf"):
+            raise ValueError(f"must be > 0, got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -92,7 +97,7 @@ class BudgetSpec(Section):
 
 class SpaceSpec(Section):
     kind: Literal["compact", "per_layer"] = "compact"
-    dimensions: list[Dimension] = Field(default_factory=lambda: list(ALL_DIMENSIONS))
+    dimensions: list[Dimension] = Field(default_factory=lambda: list(ALL_DIMENSIONS), min_length=1)
     align: int = Field(8, gt=0)
     token_keep: Literal["manual", "auto"] = "manual"
     min_token_keep: float = Field(0.1, gt=0, le=1)
@@ -122,6 +127,17 @@ class CriteriaSpec(Section):
     tokens: str = "star"
     depth: str = "depth"
     calibration_batches: int = Field(4, gt=0)
+
+    @field_validator("heads", "qk", "v", "mlp", "tokens", "depth")
+    @classmethod
+    def _known(cls, name: str, info: ValidationInfo) -> str:
+        from vitprune.evaluators.criteria import check_criterion
+
+        try:
+            check_criterion(name, info.field_name)
+        except InputError as error:  # "criteria.heads: ..." already names the key
+            raise ValueError(str(error).removeprefix(f"criteria.{info.field_name}: ")) from None
+        return name
 
     def by_dimension(self, dimensions: list[str]) -> dict[str, str]:
         return {dim: getattr(self, dim) for dim in dimensions}
@@ -184,6 +200,24 @@ class SearchSpec(Section):
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.budget.device == "cuda" and self.resources.gpu == 0:
+            raise ValueError(
+                "budget.device: cuda measures on a GPU, so the trials need one: set resources.gpu"
+            )
+        if self.space.token_keep == "auto" and "tokens" in self.space.dimensions:
+            from vitprune.evaluators.criteria import check_criterion
+
+            try:
+                check_criterion(self.criteria.tokens, "tokens", prior=True)
+            except InputError:
+                raise ValueError(
+                    f"space.token_keep: auto takes its per-layer rates from the tokens criterion, and "
+                    f"{self.criteria.tokens} gives none (use criteria.tokens: star)"
+                ) from None
+        return self
 
     @property
     def pareto(self) -> bool:

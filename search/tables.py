@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from vitprune.search.records import TrialRecord
+from vitprune.search.rundir import RunDir
 from vitprune.spaces import Policy, macs, params
 from vitprune.spaces.files import write_text_atomic
 
@@ -21,18 +20,17 @@ FROM_TRIAL = (
     "finetune_seconds",
     "finetune_epochs",
     "latency_seconds",
+    "budget_ratio",
     "budget_scale",
+    "budget_shortfall",
 )
 
 
-def trial_rows(run_dir: Path, records: Sequence[TrialRecord], *, dense: Policy) -> list[dict[str, Any]]:
+def trial_rows(run: RunDir, records: Sequence[TrialRecord], *, dense: Policy) -> list[dict[str, Any]]:
     """One row per Ax trial: status, generation node, parameters, decoded structure, metrics, times."""
     rows = []
     for record in records:
-        saved: dict[str, Any] = {}
-        metrics_file = run_dir / "trials" / f"{record.index:04d}" / "metrics.json"
-        if metrics_file.exists():
-            saved = json.loads(metrics_file.read_text())
+        saved = run.trial_metrics(record.index) or {}
         row: dict[str, Any] = {"trial": record.index, "status": record.status, "node": record.node}
         row |= {name: round(value, 6) for name, value in sorted(record.parameters.items())}
         row |= {
@@ -56,8 +54,9 @@ def trial_rows(run_dir: Path, records: Sequence[TrialRecord], *, dense: Policy) 
     return rows
 
 
-def write_trials_csv(run_dir: Path, records: Sequence[TrialRecord], *, dense: Policy) -> Path:
-    rows = trial_rows(run_dir, records, dense=dense)
+def write_trials_csv(run: RunDir, records: Sequence[TrialRecord], *, dense: Policy) -> list[dict[str, Any]]:
+    """Write ``trials.csv`` (see :func:`trial_rows`); returns its rows."""
+    rows = trial_rows(run, records, dense=dense)
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
@@ -65,4 +64,5 @@ def write_trials_csv(run_dir: Path, records: Sequence[TrialRecord], *, dense: Po
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    return write_text_atomic(run_dir / "trials.csv", buffer.getvalue())
+    write_text_atomic(run.trials_csv, buffer.getvalue())
+    return rows

@@ -1,10 +1,10 @@
 """The Ray Tune trainable: one trial decodes its point onto the budget, builds and fine-tunes the
 pruned model, measures it, saves it, and reports.
 
-What every trial shares (the dense weights, the criteria scores, the latency model, the spec) is
-computed once by the driver and handed to the workers through Ray's object store
-(``tune.with_parameters``), so no worker recomputes it and no worker needs the driver's disk.
-Each worker process builds its :class:`TrialContext` once and reuses it for later trials.
+What every trial shares (the :class:`~vitprune.search.plan.Plan`: dense weights, scores, budget,
+latency model, spec) is computed once by the driver and handed to the workers through Ray's object
+store (``tune.with_parameters``), so no worker recomputes it and no worker needs the driver's disk.
+Each worker process builds its :class:`TrialContext` (dense model and data) once and reuses it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,66 +22,34 @@ from vitprune.evaluators.data import load_data
 from vitprune.evaluators.describe import create_dense
 from vitprune.evaluators.finetune import EpochMetrics
 from vitprune.evaluators.io import save_pruned
-from vitprune.evaluators.latency_model import LatencyModel
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.trial import TrialContext, evaluate_policy
-from vitprune.search.config import SearchSpec
+from vitprune.search.plan import Plan
 from vitprune.search.report import TRIAL_KEY, final_result
-from vitprune.spaces import Policy, Scores, macs, params
 from vitprune.spaces.files import write_text_atomic
-from vitprune.spaces.space import Budget, decode
+from vitprune.spaces.space import decode
 
 log = logging.getLogger(__name__)
 
 # Metrics Ax sees: the objective, tracked costs (and the latency constraint).
 REPORTED = ("accuracy", "macs", "params", "latency_ms")
 
-
-@dataclass(frozen=True)
-class Shared:
-    """What the driver computes once and every trial reads (through Ray's object store)."""
-
-    run_dir: str
-    spec_json: str
-    dense_policy_json: str
-    dense_state: dict[str, torch.Tensor]
-    dense_test_accuracy: float
-    scores_json: str
-    budget_metric: str
-    budget_limit: float
-    latency_model_json: str | None
-    parameters: tuple[str, ...]
-
-    @property
-    def spec(self) -> SearchSpec:
-        return SearchSpec.model_validate_json(self.spec_json)
-
-    def measure(self) -> Any:
-        """The cost function of the budget's metric (the latency model for latency budgets)."""
-        if self.budget_metric == "latency_ms":
-            return LatencyModel.from_json(self.latency_model_json)
-        return {"macs": macs, "params": params}[self.budget_metric]
+_CONTEXTS: dict[tuple[Path, str], TrialContext] = {}
 
 
-_CONTEXTS: dict[str, TrialContext] = {}
-
-
-def worker_context(shared: Shared) -> TrialContext:
-    """The trial context of ``shared``, built once per worker process."""
-    key = f"{shared.run_dir}|{hash(shared.spec_json)}"
+def worker_context(plan: Plan) -> TrialContext:
+    """The trial context of ``plan`` (dense model and data), built once per worker process."""
+    key = (plan.run.root, plan.spec.digest())
     if key not in _CONTEXTS:
-        base = Policy.from_json(shared.dense_policy_json).base
-        dense = create_dense(base, device="meta")
-        dense.load_state_dict(shared.dense_state, strict=True, assign=True)
-        data = load_data(shared.spec.data, base)
+        dense = create_dense(plan.base, device="meta")
+        dense.load_state_dict(plan.dense_state, strict=True, assign=True)
         _CONTEXTS[key] = TrialContext(
-            dense=dense.eval(), base=base, data=data, dense_test_accuracy=shared.dense_test_accuracy
+            dense=dense.eval(),
+            base=plan.base,
+            data=load_data(plan.spec.data, plan.base),
+            dense_test_accuracy=plan.dense_test_accuracy,
         )
     return _CONTEXTS[key]
-
-
-def trial_dir(run_dir: str | Path, index: int) -> Path:
-    return Path(run_dir) / "trials" / f"{index:04d}"
 
 
 def _finished_result(directory: Path, point: dict[str, float]) -> dict[str, Any] | None:
@@ -97,29 +64,27 @@ def _finished_result(directory: Path, point: dict[str, float]) -> dict[str, Any]
     return saved
 
 
-def run_trial(config: dict[str, Any], shared: Shared) -> None:
+def run_trial(config: dict[str, Any], plan: Plan) -> None:
     """Tune function trainable: ``config`` is the point (floats in [0, 1]) plus its Ax index."""
-    spec = shared.spec
+    spec = plan.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))  # never more threads than cores granted
     index = int(config[TRIAL_KEY])
-    point = {name: float(config[name]) for name in shared.parameters}
-    finished = _finished_result(trial_dir(shared.run_dir, index), point)
+    point = {name: float(config[name]) for name in plan.parameters}
+    directory = plan.run.trial(index)
+    finished = _finished_result(directory, point)
     if finished is not None:  # resumed after the driver died: this trial had already finished
         log.info("trial %d finished before the resume: reporting its saved result", index)
         tune.report(final_result(finished))
         return
-    context = worker_context(shared)
-    space = spec.space.build(context.base.depth)
-    scores = Scores.from_json(shared.scores_json)
-    measure = shared.measure()
+    context = worker_context(plan)
     started = time.perf_counter()
     fit = decode(
         point,
-        space=space,
-        base=context.base,
-        scores=scores,
-        budget=Budget(shared.budget_metric, shared.budget_limit),
-        measure=measure,
+        space=plan.space,
+        base=plan.base,
+        scores=plan.scores,
+        budget=plan.budget,
+        measure=plan.measure(),
     )
     decode_seconds = time.perf_counter() - started
 
@@ -142,14 +107,18 @@ def run_trial(config: dict[str, Any], shared: Shared) -> None:
         device=spec.budget.device,
         on_epoch=on_epoch,
     )
-    metrics = {
+    metrics: dict[str, Any] = {
         **{key: value for key, value in result.metrics.items() if isinstance(value, int | float)},
         "budget_cost": fit.cost,
+        "budget_ratio": fit.cost / plan.budget.limit,
         "budget_scale": fit.scale,
+        "budget_filled": fit.filled,
         "decode_seconds": decode_seconds,
         **{f"structure_{key}": value for key, value in fit.policy.summary().items()},
     }
-    directory = trial_dir(shared.run_dir, index)
+    if fit.shortfall is not None:
+        metrics["budget_shortfall"] = fit.shortfall
+        log.warning("trial %d landed below the budget: %s", index, fit.shortfall)
     save_pruned(result.model.cpu(), fit.policy, directory)
     write_text_atomic(
         directory / "metrics.json", json.dumps({"trial": index, "point": point, **metrics}, indent=2)

@@ -11,12 +11,13 @@ one head, a kept MLP at least ``align`` neurons.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from vitprune.spaces.errors import InputError
 from vitprune.spaces.policy import Architecture, LayerPolicy, Policy
 from vitprune.spaces.scores import Scores
+from vitprune.spaces.shape import LayerShape, Shape
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,98 @@ def lowest(scores: Sequence[float], count: int) -> set[int]:
     return set(sorted(range(len(scores)), key=lambda i: scores[i])[:count])
 
 
+def removed_layers(scores: Scores, *, drop_attn: int, drop_act: int, depth: int) -> tuple[set[int], set[int]]:
+    """The attention sub-layers and activations to remove: the lowest ``attn_layers`` /
+    ``act_layers`` scores. Sets grow with the counts (removing one more never restores another)."""
+    for name, count in (("drop_attn", drop_attn), ("drop_act", drop_act)):
+        if not 0 <= count <= depth:
+            raise InputError(f"{name}: must be in [0, {depth}], got {count}")
+    removed_attn = lowest(scores.require("attn_layers"), drop_attn) if drop_attn else set()
+    removed_act = lowest(scores.require("act_layers"), drop_act) if drop_act else set()
+    return removed_attn, removed_act
+
+
+def shape_of(
+    base: Architecture,
+    ratios: Sequence[LayerRatios],
+    *,
+    removed_attn: Set[int] = frozenset(),
+    removed_act: Set[int] = frozenset(),
+    align: int = 8,
+) -> Shape:
+    """The counts that ``ratios`` keep in each layer (no scores needed: see :func:`build_policy`).
+
+    Token pruning is ranked by a layer's own attention: where a layer's attention is removed, its
+    token ratio is carried over to the next layer that still has attention.
+    """
+    if len(ratios) != base.depth:
+        raise InputError(f"ratios: expected {base.depth} layers, got {len(ratios)}")
+    if align < 1:
+        raise InputError(f"align: must be >= 1, got {align}")
+    layers = []
+    tokens = base.num_patches
+    pending_rate = 1.0
+    for i, ratio in enumerate(ratios):
+        attention = i not in removed_attn
+        heads = qk_dim = v_dim = 0
+        if attention:
+            heads = max(1, round(ratio.heads * base.num_heads))
+            qk_dim = aligned_width(ratio.qk, base.head_dim, align)
+            v_dim = aligned_width(ratio.v, base.head_dim, align)
+        pending_rate *= ratio.tokens
+        if attention and base.class_token:
+            tokens = max(1, min(tokens, round(tokens * pending_rate)))
+            pending_rate = 1.0
+        layers.append(
+            LayerShape(
+                attention=attention,
+                num_heads=heads,
+                qk_dim=qk_dim,
+                v_dim=v_dim,
+                activation=i not in removed_act,
+                mlp_hidden=aligned_width(ratio.mlp, base.mlp_hidden, align),
+                keep_tokens=tokens,
+            )
+        )
+    return Shape(base=base, layers=tuple(layers))
+
+
+def policy_of(shape: Shape, scores: Scores) -> Policy:
+    """The policy with ``shape``'s counts, keeping the highest-scoring units of every layer.
+
+    Layers that prune tokens carry the criterion's token prior and fusion weight, if it has them.
+    """
+    base = shape.base
+    scores.check(base)
+    layers = []
+    for i, (layer, entering) in enumerate(zip(shape.layers, shape.tokens_in, strict=True)):
+        heads: tuple[int, ...] = ()
+        qk: tuple[tuple[int, ...], ...] = ()
+        v: tuple[tuple[int, ...], ...] = ()
+        if layer.attention:
+            heads = _keep(scores, "heads", i, layer.num_heads, base.num_heads)
+            qk = tuple(_keep(scores, "qk", (i, h), layer.qk_dim, base.head_dim) for h in heads)
+            v = tuple(_keep(scores, "v", (i, h), layer.v_dim, base.head_dim) for h in heads)
+        prior, fusion = None, 1.0
+        if layer.keep_tokens < entering and scores.token_prior is not None:
+            prior = scores.token_prior[i]
+            fusion = 1.0 if scores.token_fusion is None else scores.token_fusion[i]
+        layers.append(
+            LayerPolicy(
+                attention=layer.attention,
+                heads=heads,
+                qk=qk,
+                v=v,
+                activation=layer.activation,
+                mlp=_keep(scores, "mlp", i, layer.mlp_hidden, base.mlp_hidden),
+                keep_tokens=layer.keep_tokens,
+                token_prior=prior,
+                token_fusion=fusion,
+            )
+        )
+    return Policy(base=base, layers=tuple(layers))
+
+
 def build_policy(
     base: Architecture,
     scores: Scores,
@@ -101,55 +194,11 @@ def build_policy(
     token ratio is carried over to the next layer that still has attention.
     """
     scores.check(base)
-    if len(ratios) != base.depth:
-        raise InputError(f"ratios: expected {base.depth} layers, got {len(ratios)}")
-    for name, count in (("drop_attn", drop_attn), ("drop_act", drop_act)):
-        if not 0 <= count <= base.depth:
-            raise InputError(f"{name}: must be in [0, {base.depth}], got {count}")
-    if align < 1:
-        raise InputError(f"align: must be >= 1, got {align}")
-    removed_attn = lowest(scores.require("attn_layers"), drop_attn) if drop_attn else set()
-    removed_act = lowest(scores.require("act_layers"), drop_act) if drop_act else set()
-
-    layers = []
-    tokens = base.num_patches
-    pending_rate = 1.0
-    for i, ratio in enumerate(ratios):
-        attention = i not in removed_attn
-        heads: tuple[int, ...] = ()
-        qk: tuple[tuple[int, ...], ...] = ()
-        v: tuple[tuple[int, ...], ...] = ()
-        if attention:
-            heads = _keep(scores, "heads", i, max(1, round(ratio.heads * base.num_heads)), base.num_heads)
-            qk_dim = aligned_width(ratio.qk, base.head_dim, align)
-            v_dim = aligned_width(ratio.v, base.head_dim, align)
-            qk = tuple(_keep(scores, "qk", (i, h), qk_dim, base.head_dim) for h in heads)
-            v = tuple(_keep(scores, "v", (i, h), v_dim, base.head_dim) for h in heads)
-        pending_rate *= ratio.tokens
-        entering = tokens
-        if attention and base.class_token:
-            tokens = max(1, min(tokens, round(tokens * pending_rate)))
-            pending_rate = 1.0
-        prior, fusion = None, 1.0
-        if tokens < entering and scores.token_prior is not None:
-            prior = scores.token_prior[i]
-            fusion = 1.0 if scores.token_fusion is None else scores.token_fusion[i]
-        layers.append(
-            LayerPolicy(
-                attention=attention,
-                heads=heads,
-                qk=qk,
-                v=v,
-                activation=i not in removed_act,
-                mlp=_keep(
-                    scores, "mlp", i, aligned_width(ratio.mlp, base.mlp_hidden, align), base.mlp_hidden
-                ),
-                keep_tokens=tokens,
-                token_prior=prior,
-                token_fusion=fusion,
-            )
-        )
-    return Policy(base=base, layers=tuple(layers))
+    removed_attn, removed_act = removed_layers(
+        scores, drop_attn=drop_attn, drop_act=drop_act, depth=base.depth
+    )
+    shape = shape_of(base, ratios, removed_attn=removed_attn, removed_act=removed_act, align=align)
+    return policy_of(shape, scores)
 
 
 def _keep(scores: Scores, name: str, where: int | tuple[int, int], keep: int, size: int) -> tuple[int, ...]:

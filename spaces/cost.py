@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitprune.spaces.policy import Architecture, LayerPolicy, Policy
+from vitprune.spaces.shape import LayerShape, Shape
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def _norm_params(base: Architecture) -> int:
     return base.embed_dim * (2 if base.norm_bias else 1)
 
 
-def layer_cost(base: Architecture, layer: LayerPolicy, *, tokens_in: int) -> LayerCost:
+def layer_cost(base: Architecture, layer: LayerPolicy | LayerShape, *, tokens_in: int) -> LayerCost:
     """Cost of one block given the patch tokens entering it."""
     D = base.embed_dim
     n_in = base.num_prefix_tokens + tokens_in
@@ -135,8 +136,8 @@ def layer_cost(base: Architecture, layer: LayerPolicy, *, tokens_in: int) -> Lay
     )
 
 
-def cost(policy: Policy) -> Cost:
-    """Per-image MACs and parameters of the model that ``policy`` builds."""
+def cost(policy: Policy | Shape) -> Cost:
+    """Per-image MACs and parameters of the model that ``policy`` (or its :class:`Shape`) builds."""
     base = policy.base
     D = base.embed_dim
     patch_in = base.in_chans * base.patch_size[0] * base.patch_size[1]
@@ -163,11 +164,11 @@ def cost(policy: Policy) -> Cost:
     )
 
 
-def macs(policy: Policy) -> int:
+def macs(policy: Policy | Shape) -> int:
     """Per-image multiply-accumulates of the pruned model (``FlopCounterMode`` FLOPs / 2)."""
     return cost(policy).macs
 
 
-def params(policy: Policy) -> int:
+def params(policy: Policy | Shape) -> int:
     """Parameters of the pruned model (``sum(p.numel() for p in model.parameters())``)."""
     return cost(policy).params

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
@@ -97,6 +98,22 @@ class Architecture:
         return self.head_dim**-0.5
 
 
+def mlp_form(hidden: int, *, activation: bool, embed_dim: int) -> MlpForm:
+    """How an MLP keeping ``hidden`` neurons is built: ``gelu`` (dense form), ``linear`` (fc1, fc2,
+    no activation), ``merged`` (one ``Linear(D, D)``; cheaper when more than ``D/2`` neurons are
+    kept) or ``removed``."""
+    if not hidden:
+        return "removed"
+    if activation:
+        return "gelu"
+    return "merged" if 2 * hidden > embed_dim else "linear"
+
+
+def tokens_entering(num_patches: int, keep_tokens: Sequence[int]) -> tuple[int, ...]:
+    """Patch tokens entering each layer, given the tokens each layer keeps."""
+    return (num_patches, *keep_tokens[:-1])
+
+
 @dataclass(frozen=True)
 class LayerPolicy:
     """What survives in one block. Index lists are strictly increasing.
@@ -141,14 +158,8 @@ class LayerPolicy:
         return len(self.mlp)
 
     def mlp_form(self, embed_dim: int) -> MlpForm:
-        """How the MLP is built: ``gelu`` (dense form), ``linear`` (fc1, fc2, no activation),
-        ``merged`` (one ``Linear(D, D)``; cheaper when more than ``D/2`` neurons are kept) or
-        ``removed``."""
-        if not self.mlp:
-            return "removed"
-        if self.activation:
-            return "gelu"
-        return "merged" if 2 * len(self.mlp) > embed_dim else "linear"
+        """How the MLP is built (see :func:`mlp_form`)."""
+        return mlp_form(len(self.mlp), activation=self.activation, embed_dim=embed_dim)
 
 
 @dataclass(frozen=True)
@@ -179,9 +190,7 @@ class Policy:
     @property
     def tokens_in(self) -> tuple[int, ...]:
         """Patch tokens entering each layer (before its own token pruning)."""
-        entering = [self.base.num_patches]
-        entering += [layer.keep_tokens for layer in self.layers[:-1]]
-        return tuple(entering)
+        return tokens_entering(self.base.num_patches, [layer.keep_tokens for layer in self.layers])
 
     def is_keep_all(self) -> bool:
         return self == Policy.keep_all(self.base)

@@ -19,34 +19,27 @@ importance scores and projects it onto the budget.
 ``per_layer``: one ``heads_i``, ``qk_i``, ``v_i``, ``mlp_i`` per layer (``4·L`` parameters) plus
 the token and depth parameters.
 
-Projection: the point's keep ratios are multiplied by a common factor ``t`` (capped at 1) found by
-bisection so that cost lands within 1 % below the budget: points that overshoot are shrunk,
-points that undershoot are grown, and the search explores *where* to prune at the budget's cost.
+Projection (:mod:`vitprune.spaces.budget`): the enabled dimensions of a point are shrunk or grown
+together, removed layers given back or added, and aligned steps filled layer by layer, so that the
+cost lands within 1 % below the budget; dimensions that are not enabled stay dense. The search
+explores *where* to prune at the budget's cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vitprune.spaces.budget import Fit, fit_to_budget
-from vitprune.spaces.builder import LayerRatios, build_policy
+from vitprune.spaces.budget import Budget, Fit, Measure, Proposal, project
+from vitprune.spaces.builder import LayerRatios, removed_layers, shape_of
 from vitprune.spaces.errors import InputError
-from vitprune.spaces.policy import Architecture, Policy
+from vitprune.spaces.policy import Architecture
 from vitprune.spaces.scores import Scores
+from vitprune.spaces.shape import Shape
 
 WIDTHS = ("heads", "qk", "v", "mlp")
 ALL_DIMENSIONS = (*WIDTHS, "tokens", "depth")
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """What a point asks for before the budget projection."""
-
-    ratios: tuple[LayerRatios, ...]
-    drop_attn: int
-    drop_act: int
 
 
 @dataclass(frozen=True)
@@ -128,8 +121,11 @@ class SearchSpace:
         depth_on = "depth" in self.dimensions
         return Proposal(
             ratios=ratios,
+            free=self.dimensions,
             drop_attn=round(point["drop_attn"] * self.drop_attn_limit) if depth_on else 0,
             drop_act=round(point["drop_act"] * self.drop_act_limit) if depth_on else 0,
+            max_drop_attn=self.drop_attn_limit if depth_on else 0,
+            max_drop_act=self.drop_act_limit if depth_on else 0,
         )
 
     def _layer_ratios(self, point: Mapping[str, float], width: str) -> list[float]:
@@ -163,64 +159,6 @@ class SearchSpace:
         return [final ** (1 / pruning_layers) if i >= start else 1.0 for i in range(L)]
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A cost limit: ``metric`` (``macs``, ``params`` or ``latency_ms``) at most ``limit``."""
-
-    metric: Literal["macs", "params", "latency_ms"]
-    limit: float
-
-
-def _scaled(proposal: Proposal, factor: float) -> tuple[LayerRatios, ...]:
-    """Every keep ratio (token keep rates included) multiplied by ``factor``, capped at 1."""
-
-    def scale(value: float) -> float:
-        return min(1.0, value * factor)
-
-    return tuple(
-        LayerRatios(
-            heads=scale(r.heads), qk=scale(r.qk), v=scale(r.v), mlp=scale(r.mlp), tokens=scale(r.tokens)
-        )
-        for r in proposal.ratios
-    )
-
-
-def project(
-    proposal: Proposal,
-    *,
-    base: Architecture,
-    scores: Scores,
-    budget: Budget,
-    measure: Callable[[Policy], float],
-    align: int = 8,
-) -> Fit:
-    """The policy of ``proposal`` with its keep ratios scaled onto ``budget``.
-
-    All keep ratios (token keep rates included) are multiplied by ``t = u·t_max`` (capped at 1),
-    ``t_max`` being the factor that brings the smallest ratio to 1, and ``u ∈ [0, 1]`` is found by
-    bisection so that ``measure`` lands within 1 % below ``budget.limit``. Depth removals are kept.
-
-    Raises:
-        InputError: no policy of this proposal's family meets the budget.
-    """
-    smallest = min(
-        [v for r in proposal.ratios for v in (r.heads, r.qk, r.v, r.mlp, r.tokens) if 0 < v < 1] or [1.0]
-    )
-    t_max = 1.0 / smallest
-
-    def build(u: float) -> Policy:
-        return build_policy(
-            base,
-            scores,
-            _scaled(proposal, u * t_max),
-            drop_attn=proposal.drop_attn,
-            drop_act=proposal.drop_act,
-            align=align,
-        )
-
-    return fit_to_budget(build, measure, budget.limit)
-
-
 def decode(
     point: Mapping[str, float],
     *,
@@ -228,7 +166,8 @@ def decode(
     base: Architecture,
     scores: Scores,
     budget: Budget,
-    measure: Callable[[Policy], float],
+    measure: Measure,
+    tolerance: float = 0.01,
 ) -> Fit:
     """The policy of ``point``, projected onto ``budget`` (see :func:`project`).
 
@@ -247,35 +186,59 @@ def decode(
         raise InputError(f"space: built for depth {space.depth}, the model has {base.depth}")
     auto = scores.require("token_rates") if space.token_auto and "tokens" in space.dimensions else None
     proposal = space.propose(point, token_rates=auto)
-    return project(proposal, base=base, scores=scores, budget=budget, measure=measure, align=space.align)
+    return project(
+        proposal,
+        base=base,
+        scores=scores,
+        budget=budget,
+        measure=measure,
+        align=space.align,
+        tolerance=tolerance,
+    )
+
+
+def cheapest(space: SearchSpace, base: Architecture, *, scores: Scores | None = None) -> Shape:
+    """The cheapest shape the projection can reach in ``space``: every enabled width at its
+    minimum (one head, ``align`` dims and neurons), one patch token from the first layer with
+    attention on, and as many attention layers and activations removed as the space allows.
+
+    Without ``scores`` (before the criteria have run), the depth ranking keeps the earliest
+    attention layers. That is the cheapest of *every* ranking, so a budget below it is impossible
+    whatever the depth criterion finds: the layers before the first kept attention run their MLPs
+    on all patch tokens, and every later layer sees one token whichever layers are removed.
+    """
+    if scores is None:
+        scores = Scores(
+            criterion="cheapest",
+            attn_layers=tuple(float(base.depth - i) for i in range(base.depth)),
+            act_layers=tuple(float(base.depth - i) for i in range(base.depth)),
+        )
+    proposal = Proposal(
+        ratios=(LayerRatios(),) * base.depth,
+        free=space.dimensions,
+        drop_attn=space.drop_attn_limit if "depth" in space.dimensions else 0,
+        drop_act=space.drop_act_limit if "depth" in space.dimensions else 0,
+    )
+    removed_attn, removed_act = removed_layers(
+        scores, drop_attn=proposal.drop_attn, drop_act=proposal.drop_act, depth=base.depth
+    )
+    return shape_of(
+        base, proposal.ratios_at(0.0), removed_attn=removed_attn, removed_act=removed_act, align=space.align
+    )
 
 
 def check_budget(
     *,
     space: SearchSpace,
     base: Architecture,
-    scores: Scores,
     budget: Budget,
-    measure: Callable[[Policy], float],
+    measure: Measure,
+    scores: Scores | None = None,
 ) -> float:
-    """Raise :class:`InputError` unless the cheapest policy of the space meets ``budget``.
-
-    The cheapest policy keeps the minimum of every enabled dimension (one head, ``align`` dims and
-    neurons, the fewest tokens) and removes as many layers as the space allows. Called once before
-    any trial, so an impossible budget fails fast. Returns the cheapest cost.
-    """
-    zero = dict.fromkeys(space.parameters(), 0.0) | {"drop_attn": 1.0, "drop_act": 1.0}
-    auto = scores.require("token_rates") if space.token_auto and "tokens" in space.dimensions else None
-    proposal = space.propose({k: v for k, v in zero.items() if k in space.parameters()}, token_rates=auto)
-    cheapest = build_policy(
-        base,
-        scores,
-        _scaled(proposal, 0.0),
-        drop_attn=proposal.drop_attn,
-        drop_act=proposal.drop_act,
-        align=space.align,
-    )
-    value = measure(cheapest)
+    """Raise :class:`InputError` unless the cheapest policy of the space (:func:`cheapest`) meets
+    ``budget``; returns its cost. Called before any work (without scores: from the architecture
+    alone) and again once the criteria have ranked the layers."""
+    value = measure(cheapest(space, base, scores=scores))
     if value > budget.limit:
         raise InputError(
             f"budget.{budget.metric}: {budget.limit:.4g} is below the cheapest policy this search space can "

@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 
@@ -27,6 +27,28 @@ def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a ratio in [0, 1], got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a fraction of dense in (0, 1] or an absolute count > 1, got {text}"
+        )
     return value
 
 
@@ -92,42 +114,61 @@ def _budget_limit(value: float, dense: float) -> float:
     return value * dense if value <= 1 else value
 
 
+def _requested(args: argparse.Namespace) -> frozenset[str]:
+    """The dimensions the user asked to prune: the budget projection may move only these."""
+    given = {
+        "heads": args.keep_heads,
+        "qk": args.keep_qk,
+        "v": args.keep_v,
+        "mlp": args.keep_mlp,
+        "tokens": args.token_keep,
+        "depth": args.drop_attn if args.drop_attn is not None else args.drop_act,
+    }
+    return frozenset(dim for dim, value in given.items() if value is not None)
+
+
 def cmd_policy(args: argparse.Namespace) -> None:
     from vitprune.evaluators.dense import load_dense
     from vitprune.spaces import build_policy, macs, params, uniform_ratios
+    from vitprune.spaces.budget import Budget, Proposal, project
     from vitprune.spaces.files import write_text_atomic
-    from vitprune.spaces.space import Budget, Proposal, project
 
+    requested = _requested(args)
+    budget_given = args.budget_macs is not None or args.budget_params is not None
+    if budget_given and not requested:
+        raise InputError(
+            "--budget-macs/--budget-params: say what to prune (--keep-*, --token-keep, --drop-*)"
+        )
     model, base = load_dense(
         args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, model_args=dict(args.model_arg)
     )
     token_start = base.depth // 3 if args.token_start is None else args.token_start
     ratios = uniform_ratios(
         base.depth,
-        heads=args.keep_heads,
-        qk=args.keep_qk,
-        v=args.keep_v,
-        mlp=args.keep_mlp,
-        token_keep=args.token_keep,
+        heads=1.0 if args.keep_heads is None else args.keep_heads,
+        qk=1.0 if args.keep_qk is None else args.keep_qk,
+        v=1.0 if args.keep_v is None else args.keep_v,
+        mlp=1.0 if args.keep_mlp is None else args.keep_mlp,
+        token_keep=1.0 if args.token_keep is None else args.token_keep,
         token_start=token_start,
     )
+    drop_attn, drop_act = args.drop_attn or 0, args.drop_act or 0
     scores = _criterion_scores(args, model, base)
     dense = Policy.keep_all(base)
-    if args.budget_macs is not None or args.budget_params is not None:
+    if budget_given:
         metric, value, measure = (
             ("macs", args.budget_macs, macs)
             if args.budget_macs is not None
             else ("params", args.budget_params, params)
         )
-        proposal = Proposal(ratios=ratios, drop_attn=args.drop_attn, drop_act=args.drop_act)
+        proposal = Proposal(ratios=ratios, free=requested, drop_attn=drop_attn, drop_act=drop_act)
         budget = Budget(metric, _budget_limit(value, measure(dense)))
-        policy = project(
-            proposal, base=base, scores=scores, budget=budget, measure=measure, align=args.align
-        ).policy
+        fit = project(proposal, base=base, scores=scores, budget=budget, measure=measure, align=args.align)
+        if fit.shortfall:
+            console.print(f"budget: {fit.shortfall}")
+        policy = fit.policy
     else:
-        policy = build_policy(
-            base, scores, ratios, drop_attn=args.drop_attn, drop_act=args.drop_act, align=args.align
-        )
+        policy = build_policy(base, scores, ratios, drop_attn=drop_attn, drop_act=drop_act, align=args.align)
     write_text_atomic(args.output, policy.to_json())
     console.print(f"wrote {args.output}: {base.model}, {scores.criterion}; {_summary(policy)}")
 
@@ -285,12 +326,17 @@ def cmd_schema(args: argparse.Namespace) -> None:
 # -- parser ---------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too (``vitprune policy: error: ...``), with where to find help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vitprune", description="Prune Vision Transformers under a compute budget."
-    )
+    parser = _Parser(prog="vitprune", description="Prune Vision Transformers under a compute budget.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     from vitprune.evaluators.criteria import criterion_names
 
@@ -320,18 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("mlp", "MLP neurons"),
     ):
         p.add_argument(
-            f"--keep-{name}", type=_ratio, default=1.0, metavar="R", help=f"fraction of {what} kept"
+            f"--keep-{name}", type=_ratio, metavar="R", help=f"fraction of {what} kept (default: all)"
         )
-    p.add_argument("--drop-attn", type=int, default=0, metavar="N", help="attention sub-layers to remove")
     p.add_argument(
-        "--drop-act", type=int, default=0, metavar="N", help="MLP activations to remove (fc1·fc2 merge)"
+        "--drop-attn", type=_count, metavar="N", help="attention sub-layers to remove (default: 0)"
+    )
+    p.add_argument(
+        "--drop-act", type=_count, metavar="N", help="MLP activations to remove (fc1·fc2 merge; default: 0)"
     )
     p.add_argument(
         "--token-keep",
         type=_ratio,
-        default=1.0,
         metavar="R",
-        help="fraction of patch tokens kept at each layer from --token-start on",
+        help="fraction of patch tokens kept at each layer from --token-start on (default: all)",
     )
     p.add_argument(
         "--token-start",
@@ -344,11 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
         "--budget-macs",
-        type=float,
+        type=_budget,
         metavar="B",
-        help="scale the ratios so MACs land just under B (a fraction of dense if <= 1)",
+        help="move the asked-for dimensions so MACs land just under B (a fraction of dense if <= 1)",
     )
-    budget.add_argument("--budget-params", type=float, metavar="B", help="the same for parameters")
+    budget.add_argument("--budget-params", type=_budget, metavar="B", help="the same for parameters")
     p.add_argument(
         "--data", default="digits", help="calibration data for data-driven criteria (default: digits)"
     )
@@ -408,11 +455,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args) or 0
     except InputError as error:
-        console.print(f"vitprune: error: {error}", markup=False)
+        console.print(f"vitprune: error: {_one_line(error)}", markup=False)
         return 2
     except KeyboardInterrupt:
         console.print("vitprune: interrupted")
         return 130
+
+
+def _one_line(error: InputError) -> str:
+    """The message of ``error`` on one line. A DataLoader worker re-raises it in the main process
+    with the worker's traceback in the message; the original message is its last line."""
+    lines = str(error).strip().splitlines()
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    return lines[-1].split("InputError: ", 1)[-1]
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def kl_to(reference: Tensor, logits: Tensor) -> Tensor:
     return F.kl_div(logits.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="sum")
 
 
-@register_criterion("depth")
+@register_criterion("depth", scores=("depth",))
 def depth(model: nn.Module, *, base: Architecture, data: Any = None) -> Scores:
     """Attention-layer and activation-layer scores: the loss increase when each is removed alone.
 

@@ -111,7 +111,7 @@ def mrmr_order(relevance: Tensor, redundancy: Tensor) -> list[int]:
     return order
 
 
-@register_criterion("hsic")
+@register_criterion("hsic", scores=("heads", "mlp"))
 def hsic(
     model: nn.Module,
     *,

@@ -14,7 +14,7 @@ from vitprune.evaluators.criteria.weights import BlockWeights
 from vitprune.spaces import Architecture, InputError, Scores
 
 
-@register_criterion("magnitude")
+@register_criterion("magnitude", scores=("heads", "qk", "v", "mlp", "depth"))
 def magnitude(model: nn.Module, *, base: Architecture, data: Any = None, p: Literal[1, 2] = 1) -> Scores:
     """Scores from weight norms (``p`` = 1 or 2), products along each unit's path:
 
@@ -50,7 +50,7 @@ def magnitude(model: nn.Module, *, base: Architecture, data: Any = None, p: Lite
     ).check(base)
 
 
-@register_criterion("random")
+@register_criterion("random", scores=("heads", "qk", "v", "mlp", "depth"))
 def random_scores(model: nn.Module, *, base: Architecture, data: Any = None, seed: int = 0) -> Scores:
     """Uniform random scores (seeded): the baseline every criterion must beat."""
     g = torch.Generator().manual_seed(seed)

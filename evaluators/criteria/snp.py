@@ -93,7 +93,7 @@ def pivoted_residuals(gram: Tensor) -> Tensor:
     return out
 
 
-@register_criterion("snp")
+@register_criterion("snp", scores=("heads", "qk", "v"))
 def snp(
     model: nn.Module, *, base: Architecture, data: Any = None, num_queries: int = 16, seed: int = 0
 ) -> Scores:

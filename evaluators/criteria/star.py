@@ -107,7 +107,7 @@ def perplexity(dist: Tensor) -> Tensor:
     return torch.exp(-(p * p.clamp_min(_TINY).log()).sum(-1))
 
 
-@register_criterion("star")
+@register_criterion("star", scores=("tokens",))
 def star(
     model: nn.Module,
     *,

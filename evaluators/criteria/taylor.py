@@ -52,7 +52,7 @@ def gate_gradients(
     return gates[:L], gates[L : 2 * L], gates[2 * L :]
 
 
-@register_criterion("taylor")
+@register_criterion("taylor", scores=("heads", "qk", "v", "mlp"))
 def taylor(model: nn.Module, *, base: Architecture, data: Any = None) -> Scores:
     """Head, q/k-dim, v-dim and MLP-neuron scores ``mean_b |∂L_b/∂m|`` over calibration images.
 

@@ -6,8 +6,9 @@ import torch
 from helpers import TINY_MODELS, calibration, tiny_model
 
 from vitprune.evaluators import describe
-from vitprune.evaluators.criteria import criterion_names, get_criterion, register_criterion
+from vitprune.evaluators.criteria import check_criterion, criterion_names, get_criterion, register_criterion
 from vitprune.spaces import InputError, Scores
+from vitprune.spaces.scores import DIMENSIONS
 
 DATA_DRIVEN = ("hsic", "snp", "star", "depth", "taylor")
 # The Scores fields each criterion fills.
@@ -43,8 +44,34 @@ def test_registry_knows_every_criterion():
 
 def test_registering_a_name_twice_raises():
     with pytest.raises(ValueError, match="'hsic' is already registered"):
-        register_criterion("hsic")(lambda model, *, base, data=None: None)
+        register_criterion("hsic", scores=("heads",))(lambda model, *, base, data=None: None)
     assert criterion_names() == sorted(FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_each_criterion_declares_the_dimensions_its_scores_fill(name):
+    declared = {dim for dim in DIMENSIONS if dim != "tokens" and _ranks(name, dim)}
+    assert declared == {
+        dim for dim, fields in DIMENSIONS.items() if dim != "tokens" and set(fields) & FIELDS[name]
+    }
+
+
+def _ranks(name, dimension):
+    try:
+        check_criterion(name, dimension)
+    except InputError:
+        return False
+    return True
+
+
+def test_a_criterion_chosen_for_a_dimension_it_does_not_score_is_named_with_the_alternatives():
+    with pytest.raises(
+        InputError, match=r"criteria\.heads: star does not score heads \(choose one of hsic, magnitude"
+    ):
+        check_criterion("star", "heads")
+    with pytest.raises(InputError, match=r"criterion 'snpp': unknown"):
+        check_criterion("snpp", "qk")
+    check_criterion("magnitude", "tokens")  # any criterion ranks tokens by the class token's attention
 
 
 def test_unknown_criterion_lists_the_known_names():

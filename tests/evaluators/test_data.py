@@ -108,3 +108,39 @@ def test_folder_layout_errors_name_the_path(tmp_path, digits_base):
         load_data(parse_section(DataConfig, f"imagefolder:{tmp_path}", "data"), digits_base)
     with pytest.raises(InputError, match="no cifar10 data under"):
         load_data(parse_section(DataConfig, f"cifar10:{tmp_path}", "data"), tiny_model("deit")[1])
+
+
+def test_an_unreadable_image_is_named_even_from_a_dataloader_worker(tmp_path, capsys):
+    """Fatal, one line, the file named: never a PIL traceback."""
+    import timm
+    from PIL import Image
+
+    from vitprune.cli import _one_line, main
+    from vitprune.evaluators import describe
+    from vitprune.evaluators.io import save_pruned
+    from vitprune.evaluators.surgery import apply_policy
+    from vitprune.spaces import InputError, Policy
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8), color=(10, 20, 30)).save(folder / "ok.png")
+    (tmp_path / "images" / "val" / "b" / "zz-broken.png").write_bytes(b"\x89PNG\r\n not really")
+    args = {"img_size": 32, "depth": 1, "embed_dim": 32, "num_heads": 2, "num_classes": 2}
+    model = timm.create_model("deit_tiny_patch16_224", **args)
+    base = describe(model, name="deit_tiny_patch16_224", model_args=args)
+    save_pruned(apply_policy(model, Policy.keep_all(base)), Policy.keep_all(base), tmp_path / "model")
+    data = f"imagefolder:{tmp_path / 'images'}"
+    code = main(["evaluate", str(tmp_path / "model"), "--data", data, "--split", "test", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "zz-broken.png: not a readable image" in err, err
+
+    config = DataConfig(source="imagefolder", path=tmp_path / "images", num_workers=1)
+    with pytest.raises(InputError) as raised:
+        list(load_data(config, base).eval_loader("test"))
+    assert _one_line(raised.value).startswith("data.path: ")
+    assert _one_line(raised.value).endswith(
+        "zz-broken.png: not a readable image (cannot identify image file "
+        f"'{tmp_path / 'images' / 'val' / 'b' / 'zz-broken.png'}')"
+    )

@@ -96,3 +96,44 @@ def test_a_checkpoint_with_another_class_count_gets_a_resized_head(tmp_path, cap
 def test_the_embedded_digits_model_reaches_its_accuracy_target(tmp_path):
     dense, _ = prepare_dense(ModelConfig(), DataConfig(), DenseTrainingConfig(), cache_dir=tmp_path)
     assert dense.test_accuracy >= 0.97
+
+
+def test_measuring_latency_in_bf16_leaves_the_finetuned_fp32_weights_as_they_were(context, tmp_path):
+    """The weights a trial saves are the weights whose accuracy it measured, bit for bit."""
+    from vitprune.evaluators.io import load_pruned, save_pruned
+
+    policy = build_policy(
+        context.base, get_criterion("magnitude")(context.dense, base=context.base), uniform_ratios(3, mlp=0.5)
+    )
+    finetuned = {}
+
+    def capture(metrics, model):
+        finetuned.update({name: value.detach().clone() for name, value in model.state_dict().items()})
+
+    result = evaluate_policy(
+        policy,
+        context,
+        finetune_config=FinetuneConfig(epochs=1, steps=3),
+        latency_config=LatencyConfig(batch_size=4, repeats=1, warmup=0, dtype="bfloat16"),
+        device="cpu",
+        on_epoch=capture,
+    )
+    state = result.model.state_dict()
+    assert all(value.dtype == torch.float32 and value.device.type == "cpu" for value in state.values())
+    assert all(torch.equal(state[name], finetuned[name]) for name in finetuned)
+    save_pruned(result.model, policy, tmp_path / "trial")
+    saved, _ = load_pruned(tmp_path / "trial")
+    assert all(torch.equal(value, finetuned[name]) for name, value in saved.state_dict().items())
+
+
+def test_latency_measurement_never_moves_casts_or_switches_the_model():
+    from vitprune.evaluators.measure import latency_side_by_side
+
+    model = timm.create_model("vitprune_digits_vit", depth=1, embed_dim=32, num_heads=2).train()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    latency_side_by_side({"m": model}, batch_size=2, dtype=torch.bfloat16, warmup=0, repeats=1)
+    assert model.training
+    assert all(
+        torch.equal(value, before[name]) and value.dtype == torch.float32
+        for name, value in model.state_dict().items()
+    )

@@ -33,10 +33,10 @@ TINY = {
 }
 
 
-def fails_on_trial_1(config, shared):
+def fails_on_trial_1(config, plan):
     if config[TRIAL_KEY] == 1:
         raise RuntimeError("injected failure")
-    run_trial(config, shared)
+    run_trial(config, plan)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_every_planned_trial_ran_and_a_failure_did_not_stop_the_search(run):
 
 def test_every_trial_is_within_the_budget(run):
     _, run_dir, _ = run
-    limit = json.loads((run_dir / "shared.json").read_text())["budget_limit"]
+    limit = json.loads((run_dir / "plan.json").read_text())["budget"]["limit"]
     dense = Policy.from_json((run_dir / "dense" / "policy.json").read_text())
     assert limit == pytest.approx(0.5 * macs(dense))
     for row in _rows(run_dir):
@@ -72,6 +72,8 @@ def test_every_trial_is_within_the_budget(run):
                 (run_dir / "trials" / f"{int(row['trial']):04d}" / "policy.json").read_text()
             )
             assert float(row["macs"]) == macs(policy) <= limit
+            # on the budget: within 3 % on a digits model, unless the trial says why not
+            assert float(row["budget_ratio"]) >= 0.97 or row["budget_shortfall"], row
 
 
 def test_the_best_is_axs_best_feasible_trial_and_its_model_loads(run):
@@ -124,6 +126,9 @@ def test_status_and_export(run, tmp_path, capsys):
     load_pruned(tmp_path / "best")
     assert main(["export", str(run_dir), "--trial", "1", "--out", str(tmp_path / "x")]) == 2
     assert "--trial 1:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run_dir), "--trial", "-1", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "--trial: must be >= 0" in capsys.readouterr().err
 
 
 def test_ax_sql_storage_holds_the_same_experiment(run):
@@ -149,6 +154,54 @@ def test_dashboard_renders_ax_analysis_cards(run, capsys):
     assert page.count('class="card"') >= 1 and 'http-equiv="refresh"' in page
 
 
+def test_the_dashboard_serves_its_page_to_this_machine_only(run):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from vitprune.search.dashboard import make_server
+    from vitprune.search.rundir import RunDir
+
+    _, run_dir, _ = run
+    server = make_server(RunDir(run_dir), port=0)  # any free port
+    host, port = server.server_address[:2]
+    assert host == "127.0.0.1"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+
+        def status(path):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert status("/") == 200 and status("/dashboard.html") == 200
+        for path in (
+            "/best_model/model.safetensors",
+            "/dense/model.safetensors",
+            "/ax.db",
+            "/search.log",
+            "/trials/",
+            "/../",
+            "/spec.json",
+        ):
+            assert status(path) == 404, path
+        code = main(["dashboard", str(run_dir), "--port", str(port)])  # the port is taken now
+        assert code == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dashboard_ports_out_of_range_are_one_line(run, capsys):
+    _, run_dir, _ = run
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dashboard", str(run_dir), "--port", "70000"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "must be in 1..65535, got 70000" in err and err.count("\n") == 1
+
+
 def test_a_latency_budget_is_modelled_projected_and_constrained(tmp_path, ray_cluster):
     spec = SearchSpec.model_validate(
         TINY
@@ -166,7 +219,7 @@ def test_a_latency_budget_is_modelled_projected_and_constrained(tmp_path, ray_cl
 
     model = LatencyModel.from_json((tmp_path / "latency_model.json").read_text())
     assert model.holdout_error is not None and model.batch_size == 64
-    limit = json.loads((tmp_path / "shared.json").read_text())["budget_limit"]
+    limit = json.loads((tmp_path / "plan.json").read_text())["budget"]["limit"]
     constraints = Optimizer.restore(
         tmp_path / "experiment.json"
     )._experiment.optimization_config.outcome_constraints
@@ -178,3 +231,41 @@ def test_a_latency_budget_is_modelled_projected_and_constrained(tmp_path, ray_cl
         assert saved["budget_cost"] <= limit  # projected with the latency model
     if outcome.best is not None:  # Ax's best must be feasible on the *measured* latency
         assert outcome.best["metrics"]["latency_ms"] <= limit
+
+
+def test_a_pareto_search_writes_its_front_and_every_command_handles_it(tmp_path, ray_cluster, capsys):
+    spec = SearchSpec.model_validate(
+        TINY
+        | {
+            "name": "tiny-pareto",
+            "objective": "accuracy, -latency_ms",
+            "trials": {"total": 4, "concurrent": 2, "initial": 3, "max_failures": 0},
+            "storage": {"enabled": False},
+        }
+    )
+    run_dir = tmp_path / "run"
+    outcome = search(spec, run_dir=run_dir, progress=lambda line: None)
+    assert outcome.best is None and outcome.front
+    document = json.loads((run_dir / "pareto_front.json").read_text())
+    assert document["objectives"] == ["accuracy", "-latency_ms"] and "provenance" in document
+    front = {trial["trial"] for trial in document["trials"]}
+    assert front == {
+        point.index for point in Optimizer.restore(run_dir / "experiment.json").pareto_frontier()
+    }
+    for trial in document["trials"]:
+        assert {"accuracy", "latency_ms", "macs"} <= set(trial["metrics"])
+        assert 0 < trial["ratios"]["macs"] <= 0.5 and set(trial["structure"]) >= {"heads", "mlp_ratio"}
+        _, policy = load_pruned(run_dir / "pareto_front" / f"{trial['trial']:04d}")
+        assert policy == Policy.from_dict(trial["policy"])
+    assert not (run_dir / "best_policy.json").exists()
+    capsys.readouterr()
+
+    assert main(["status", str(run_dir)]) == 0
+    assert "Pareto front so far" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "a Pareto search has no single best; pass --trial N (the front:" in capsys.readouterr().err
+    chosen = min(front)
+    assert main(["export", str(run_dir), "--trial", str(chosen), "--out", str(tmp_path / "chosen")]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"] == chosen
+    assert main(["dashboard", str(run_dir), "--once"]) == 0
+    assert "Pareto front (accuracy, -latency_ms): trials" in (run_dir / "dashboard.html").read_text()

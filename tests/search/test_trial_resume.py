@@ -2,12 +2,13 @@
 
 import json
 
-from vitprune.search.trial import _finished_result, trial_dir
+from vitprune.search.rundir import RunDir
+from vitprune.search.trial import _finished_result
 
 
 def test_a_finished_trial_is_recognised_by_its_folder_and_point(tmp_path):
     point = {"heads": 0.1, "mlp": 1 / 3}
-    directory = trial_dir(tmp_path, 7)
+    directory = RunDir(tmp_path).trial(7)
     assert directory == tmp_path / "trials" / "0007"
     assert _finished_result(directory, point) is None  # never ran
     directory.mkdir(parents=True)

@@ -3,8 +3,9 @@ import random
 import pytest
 from helpers import tiny_model
 
-from vitprune.spaces import InputError, Policy, Scores, macs, params
-from vitprune.spaces.space import Budget, SearchSpace, check_budget, decode
+from vitprune.spaces import InputError, Policy, Scores, macs
+from vitprune.spaces.budget import Budget
+from vitprune.spaces.space import SearchSpace, check_budget, decode
 
 
 @pytest.fixture(scope="module")
@@ -92,24 +93,6 @@ def test_auto_token_rates_follow_the_criterion(scores):
     assert rates == [1.0, 0.5, 0.8]
     with pytest.raises(InputError, match="auto needs per-layer token rates"):
         space.propose({"tokens": 0.5})
-
-
-@pytest.mark.parametrize("kind", ["compact", "per_layer"])
-@pytest.mark.parametrize(("metric", "fraction"), [("macs", 0.5), ("macs", 0.7), ("params", 0.5)])
-def test_every_point_lands_within_one_percent_below_the_budget(base, scores, kind, metric, fraction):
-    space = SearchSpace(kind, depth=3, align=1)
-    measure = {"macs": macs, "params": params}[metric]
-    limit = fraction * measure(Policy.keep_all(base))
-    rng = random.Random(1)
-    for _ in range(10):
-        point = {name: rng.random() for name in space.parameters()}
-        fit = decode(
-            point, space=space, base=base, scores=scores, budget=Budget(metric, limit), measure=measure
-        )
-        assert fit.cost <= limit
-        # Within 1 % where the rounding of widths allows (3 % on this tiny model), unless the point's own
-        # depth removals keep even its full-width policy under the budget (depth is never undone).
-        assert fit.cost >= 0.97 * limit or fit.scale == 1.0
 
 
 def test_points_below_the_budget_are_grown_to_it(base, scores):

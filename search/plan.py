@@ -1,0 +1,257 @@
+"""The plan of a search: what every trial shares, built once by the driver and handed to the
+workers as one typed object (through Ray's object store), saved in the run directory for
+``--resume``, ``status`` and ``export``.
+
+>>> plan = prepare(spec, RunDir("runs/x"), base=check_spec(spec), progress=print)   # doctest: +SKIP
+>>> plan.measure(policy) <= plan.budget.limit                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vitprune.evaluators.latency_model import LatencyModel
+from vitprune.search.config import SearchSpec
+from vitprune.search.rundir import RunDir
+from vitprune.spaces import Architecture, InputError, Policy, Scores, macs, params
+from vitprune.spaces.budget import Budget, Measure
+from vitprune.spaces.files import write_text_atomic
+from vitprune.spaces.space import SearchSpace, check_budget, decode
+
+log = logging.getLogger("vitprune.search")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the driver prepares once and every trial reads.
+
+    Attributes:
+        spec: the validated search spec.
+        run: the run directory.
+        base: the dense architecture.
+        dense_state: the dense weights (the teacher), CPU tensors.
+        dense_test_accuracy: the dense model's test accuracy.
+        scores: the criteria scores that rank units.
+        budget: the cost limit, absolute.
+        dense_cost: the dense model's cost in the budget's metric.
+        latency_model: the model of the trial device, for latency budgets.
+    """
+
+    spec: SearchSpec
+    run: RunDir
+    base: Architecture
+    dense_state: dict[str, torch.Tensor] = field(repr=False)
+    dense_test_accuracy: float
+    scores: Scores = field(repr=False)
+    budget: Budget
+    dense_cost: float
+    latency_model: LatencyModel | None = field(default=None, repr=False)
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.spec.space.build(self.base.depth)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return self.space.parameters()
+
+    @property
+    def dense_policy(self) -> Policy:
+        return Policy.keep_all(self.base)
+
+    def measure(self) -> Measure:
+        """The cost function of the budget's metric: the one place that decides it."""
+        return cost_function(self.budget.metric, self.latency_model)
+
+    def save(self) -> None:
+        """``plan.json``, ``scores.json`` and ``latency_model.json`` (the dense weights are in ``dense/``)."""
+        if self.latency_model is not None:
+            write_text_atomic(self.run.latency_model, self.latency_model.to_json())
+        write_text_atomic(self.run.scores, self.scores.to_json())
+        document = {
+            "format": "vitprune.plan/1",
+            "spec": self.spec.model_dump(mode="json"),
+            "dense_test_accuracy": self.dense_test_accuracy,
+            "budget": {"metric": self.budget.metric, "limit": self.budget.limit},
+            "dense_cost": self.dense_cost,
+        }
+        write_text_atomic(self.run.plan, json.dumps(document, indent=2))
+
+    @classmethod
+    def load(cls, run: RunDir, *, spec: SearchSpec | None = None) -> Plan:
+        """The plan saved in ``run``; with ``spec``, raise unless it is the spec the run started with."""
+        from vitprune.evaluators.io import load_pruned
+        from vitprune.evaluators.surgery import dense_state_dict
+
+        try:
+            document = json.loads(run.plan.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{run.root}: holds no prepared search (no plan.json)") from None
+        saved = SearchSpec.model_validate(document["spec"])
+        if spec is not None and saved != spec:
+            raise InputError(
+                f"--resume: the config differs from the one {run.root} was started with (spec.json)"
+            )
+        dense, policy = load_pruned(run.dense)
+        latency = run.latency_model.read_text() if run.latency_model.exists() else None
+        return cls(
+            spec=saved,
+            run=run,
+            base=policy.base,
+            dense_state=dense_state_dict(dense.state_dict()),
+            dense_test_accuracy=document["dense_test_accuracy"],
+            scores=Scores.from_json(run.scores.read_text()),
+            budget=Budget(document["budget"]["metric"], document["budget"]["limit"]),
+            dense_cost=document["dense_cost"],
+            latency_model=None if latency is None else LatencyModel.from_json(latency),
+        )
+
+
+def cost_function(metric: str, latency_model: LatencyModel | None = None) -> Measure:
+    if metric == "latency_ms":
+        if latency_model is None:
+            raise ValueError("a latency budget needs the latency model")
+        return latency_model
+    return {"macs": macs, "params": params}[metric]
+
+
+def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress) -> Plan:
+    """Train or load the dense model, score the criteria, fit the latency model (latency budgets),
+    and check the budget against the cheapest policy the scores allow."""
+    from vitprune.evaluators.criteria import calibration_batches, scores_by_dimension
+    from vitprune.evaluators.io import save_pruned
+    from vitprune.evaluators.surgery import apply_policy
+    from vitprune.evaluators.trial import cached_context
+
+    started = time.perf_counter()
+    context = cached_context(spec.model, spec.data, spec.dense_training)
+    base, dense = context.base, context.dense
+    dense_policy = Policy.keep_all(base)
+    progress(f"dense {base.model}: test accuracy {context.dense_test_accuracy:.4f}")
+    save_pruned(apply_policy(dense, dense_policy), dense_policy, run.dense)
+
+    space = spec.space.build(base.depth)
+    batches = calibration_batches(
+        context.data.calibration_loader(seed=spec.seed), spec.criteria.calibration_batches
+    )
+    criteria = spec.criteria.by_dimension(sorted(space.dimensions))
+    scores = scores_by_dimension(criteria, dense, base=base, data=batches, cache_dir=run.scores_cache)
+    progress(f"criteria: {scores.criterion}")
+
+    latency_model = None
+    if spec.budget.metric == "latency_ms":
+        latency_model, dense_cost = _latency_model(spec, base, scores, progress=progress)
+    else:
+        dense_cost = cost_function(spec.budget.metric)(dense_policy)
+    budget = Budget(spec.budget.metric, spec.budget.limit(dense_cost))
+    measure = cost_function(budget.metric, latency_model)
+    if budget.metric == "latency_ms" and budget.limit > dense_cost:
+        raise InputError(
+            f"budget.latency_ms: {budget.limit:.4g} ms is above the dense model's {dense_cost:.4g} ms "
+            "on the trial device; nothing would be pruned"
+        )
+    cheapest = check_budget(space=space, base=base, scores=scores, budget=budget, measure=measure)
+    seconds = time.perf_counter() - started
+    progress(
+        f"budget: {budget.metric} <= {budget.limit:.4g} ({budget.limit / dense_cost:.1%} of dense; the "
+        f"cheapest policy of the space costs {cheapest:.4g}); prepared in {seconds:.0f} s"
+    )
+    return Plan(
+        spec=spec,
+        run=run,
+        base=base,
+        dense_state={k: v.detach().cpu() for k, v in dense.state_dict().items()},
+        dense_test_accuracy=context.dense_test_accuracy,
+        scores=scores,
+        budget=budget,
+        dense_cost=dense_cost,
+        latency_model=latency_model,
+    )
+
+
+def _latency_model(
+    spec: SearchSpec, base: Architecture, scores: Scores, *, progress: Progress
+) -> tuple[LatencyModel, float]:
+    """Fit the latency model on the trial device: a Ray task with the trials' own resources (a GPU
+    worker on a cluster whose head has none), so the model describes where trials run."""
+    import ray
+
+    task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(_fit_latency_model)
+    model, dense_ms, device = ray.get(task.remote(spec, base, scores))
+    progress(
+        f"latency model on {device}: held-out error {model.holdout_error:.1%} on 8 policies; "
+        f"dense model {dense_ms:.2f} ms at batch {spec.budget.batch_size}"
+    )
+    return model, dense_ms
+
+
+def _fit_latency_model(
+    spec: SearchSpec, base: Architecture, scores: Scores
+) -> tuple[LatencyModel, float, str]:
+    """Runs in the Ray task: fit, check on held-out policies, and measure the dense model."""
+    from vitprune.evaluators.latency_model import fit_latency_model, measure_policies, sample_policies
+    from vitprune.evaluators.measure import device_name
+    from vitprune.evaluators.trial import resolve_device
+
+    dense_policy = Policy.keep_all(base)
+    space = spec.space.build(base.depth)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    device = resolve_device(spec.budget.device)
+    dtype = getattr(torch, spec.budget.dtype)
+
+    def build(point: dict[str, float], fraction: float) -> Policy:
+        budget = Budget("macs", fraction * macs(dense_policy))
+        return decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs).policy
+
+    model = fit_latency_model(
+        base,
+        batch_size=spec.budget.batch_size,
+        device=device,
+        dtype=dtype,
+        align=spec.space.align,
+        calibration=sample_policies(build, space.parameters(), 6, spec.seed + 1),
+        holdout=sample_policies(build, space.parameters(), 8, spec.seed + 2),
+    )
+    (dense_ms,) = measure_policies(
+        [dense_policy], batch_size=spec.budget.batch_size, device=device, dtype=dtype
+    )
+    return model, dense_ms, device_name(device)
+
+
+def provenance(plan: Plan) -> dict[str, Any]:
+    """Versions, seed, config hash, device and budget: what a result needs to be reproduced."""
+    import platform
+
+    import ax
+    import ray
+    import timm
+
+    import vitprune
+
+    device = plan.latency_model.device if plan.latency_model is not None else None
+    return {
+        "vitprune": vitprune.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "ax": ax.__version__,
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+        "seed": plan.spec.seed,
+        "config_hash": plan.spec.digest(),
+        "device": device or _trial_device(plan.spec),
+        "budget": {"metric": plan.budget.metric, "limit": plan.budget.limit},
+    }
+
+
+def _trial_device(spec: SearchSpec) -> str:
+    if spec.budget.device == "cuda" or (spec.budget.device == "auto" and spec.resources.gpu > 0):
+        return "cuda"
+    return "cpu"
