@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,11 @@ from vitprune.evaluators.config import (
 from vitprune.evaluators.data import DataSplits
 from vitprune.evaluators.dense import prepare_dense
 from vitprune.evaluators.finetune import EpochMetrics, finetune
-from vitprune.evaluators.measure import accuracy, latency
+from vitprune.evaluators.measure import accuracy, latency_side_by_side
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.spaces import Architecture, Policy, cost
+
+OnEpoch = Callable[[EpochMetrics, nn.Module], bool | None]
 
 log = logging.getLogger(__name__)
 
@@ -91,67 +93,110 @@ def evaluate_policy(
     latency_config: LatencyConfig | None = None,
     device: str = "auto",
     test: bool = False,
-    on_epoch: Callable[[EpochMetrics, nn.Module], bool | None] | None = None,
+    on_epoch: OnEpoch | None = None,
 ) -> TrialResult:
-    """Build ``policy`` from the dense weights, fine-tune it (distilling the dense model), measure it.
+    """Build ``policy`` from the dense weights, then :func:`evaluate` it (fine-tuned with the dense
+    model as teacher) on search-val, and on test if ``test`` (never during a search)."""
+    return evaluate(
+        apply_policy(context.dense, policy),
+        policy,
+        data=context.data,
+        teacher=context.dense,
+        finetune_config=finetune_config,
+        latency_config=latency_config,
+        splits=("search-val", "test") if test else ("search-val",),
+        device=device,
+        on_epoch=on_epoch,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    policy: Policy,
+    *,
+    data: DataSplits,
+    teacher: nn.Module | None = None,
+    finetune_config: FinetuneConfig | None = None,
+    latency_config: LatencyConfig | None = None,
+    splits: Sequence[str] = ("search-val",),
+    compare_dense: bool = False,
+    device: str = "auto",
+    on_epoch: OnEpoch | None = None,
+) -> TrialResult:
+    """Fine-tune a pruned model (optionally, distilling ``teacher``) and measure it: the one
+    pipeline behind search trials, ``vitprune evaluate`` and ``vitprune export``.
 
     Args:
-        policy: the pruning policy (its base must be the context's dense model).
-        context: the shared dense model and data.
-        finetune_config: the brief fine-tune.
+        model: the pruned model of ``policy``; fine-tuned in place (and returned).
+        policy: its policy (for the exact MACs and parameters).
+        data: the splits.
+        teacher: the dense model: the distillation teacher, and what ``compare_dense`` measures.
+        finetune_config: the fine-tune (``None``: measure as it is).
         latency_config: how to measure latency (``None``: not measured).
+        splits: where to measure accuracy; the first one is ``accuracy`` / ``top5``.
+        compare_dense: also measure ``teacher`` on the same splits, and its latency side by side.
         device: training device (``"auto"``: CUDA when available).
-        test: also report ``test_accuracy`` (never during a search).
         on_epoch: called after each fine-tune epoch with its metrics and the model; returning
             ``True`` stops the fine-tune (early stopping).
 
     Returns:
-        The fine-tuned model and its metrics: ``accuracy`` (top-1 on search-val), ``top5``,
-        ``zero_shot_accuracy`` (before fine-tuning), ``macs``, ``params``, ``latency_ms`` (+ min/max,
-        when measured), ``finetune_seconds``, ``finetune_epochs``, ``stopped_early`` and optionally
-        ``test_accuracy``.
+        The model and its metrics: ``accuracy``, ``top5``, ``<split>_accuracy`` per split,
+        ``macs``, ``params`` and their ``*_ratio`` to dense; when fine-tuned
+        ``zero_shot_accuracy``, ``finetune_seconds``, ``finetune_epochs``, ``stopped_early``; when
+        latency is measured ``latency_ms`` (+ ``latency_min_ms``, ``latency_max_ms``,
+        ``latency_seconds``); with ``compare_dense`` ``dense_<split>_accuracy``,
+        ``dense_latency_ms`` and ``latency_ratio``.
     """
+    if compare_dense and teacher is None:
+        raise ValueError("compare_dense: needs the dense model as teacher")
     train_device = resolve_device(device)
-    pruned = apply_policy(context.dense, policy).to(train_device)
-    search_val = context.data.eval_loader("search-val")
-    zero_shot = accuracy(pruned, search_val, device=train_device).top1
-    callback = None if on_epoch is None else (lambda metrics: on_epoch(metrics, pruned))
-    result = finetune(
-        pruned,
-        data=context.data,
-        config=finetune_config,
-        teacher=context.dense,
-        device=train_device,
-        on_epoch=callback,
-    )
-    measured = accuracy(pruned, search_val, device=train_device)
-    costs = cost(policy)
-    report: dict[str, Any] = {
-        "accuracy": measured.top1,
-        "top5": measured.top5,
-        "zero_shot_accuracy": zero_shot,
+    model = model.to(train_device)
+    report: dict[str, Any] = {}
+    if finetune_config is not None:
+        report["zero_shot_accuracy"] = accuracy(model, data.eval_loader(splits[0]), device=train_device).top1
+        callback = None if on_epoch is None else (lambda metrics: on_epoch(metrics, model))
+        result = finetune(
+            model, data=data, config=finetune_config, teacher=teacher, device=train_device, on_epoch=callback
+        )
+        report |= {
+            "finetune_seconds": result.seconds,
+            "finetune_epochs": result.epochs,
+            "stopped_early": result.stopped_early,
+        }
+    for i, split in enumerate(splits):
+        measured = accuracy(model, data.eval_loader(split), device=train_device)
+        report[f"{split.replace('-', '_')}_accuracy"] = measured.top1
+        if i == 0:
+            report |= {"accuracy": measured.top1, "top5": measured.top5}
+        if compare_dense:
+            dense = accuracy(teacher, data.eval_loader(split), device=train_device).top1
+            report[f"dense_{split.replace('-', '_')}_accuracy"] = dense
+    costs, dense_costs = cost(policy), cost(Policy.keep_all(policy.base))
+    report |= {
         "macs": costs.macs,
         "params": costs.params,
-        "finetune_seconds": result.seconds,
-        "finetune_epochs": result.epochs,
-        "stopped_early": result.stopped_early,
+        "macs_ratio": costs.macs / dense_costs.macs,
+        "params_ratio": costs.params / dense_costs.params,
     }
     if latency_config is not None:
         started = time.perf_counter()
-        measured_latency = latency(
-            pruned,
+        models = {"pruned": model, **({"dense": teacher} if compare_dense else {})}
+        times = latency_side_by_side(
+            models,
             batch_size=latency_config.batch_size,
             device=resolve_device(latency_config.device),
             dtype=getattr(torch, latency_config.dtype),
             warmup=latency_config.warmup,
             repeats=latency_config.repeats,
         )
+        pruned = times["pruned"]
         report |= {
-            "latency_ms": measured_latency.median_ms,
-            "latency_min_ms": measured_latency.min_ms,
-            "latency_max_ms": measured_latency.max_ms,
+            "latency_ms": pruned.median_ms,
+            "latency_min_ms": pruned.min_ms,
+            "latency_max_ms": pruned.max_ms,
             "latency_seconds": time.perf_counter() - started,
         }
-    if test:
-        report["test_accuracy"] = accuracy(pruned, context.data.eval_loader("test"), device=train_device).top1
-    return TrialResult(metrics=report, model=pruned)
+        if compare_dense:
+            report["dense_latency_ms"] = times["dense"].median_ms
+            report["latency_ratio"] = pruned.median_ms / times["dense"].median_ms
+    return TrialResult(metrics=report, model=model)

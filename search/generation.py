@@ -57,7 +57,7 @@ class GenerationConfig:
             choose those starting points (Ax's default is 1024).
 
     The defaults for ``num_restarts`` and ``raw_samples`` are a fifth and a quarter of Ax's. On 2
-    shared CPU cores (one torch thread, median of 3; ``python -m vitprune.search.benchmark``)
+    shared CPU cores (one torch thread, median of 3; ``python benchmarks/suggestion_cost.py``)
     they cut a one-trial GP suggestion from 2.1 s to 1.3 s with 10 parameters and 10
     observations, from 1.5 s to 1.0 s at 100 observations, and from 5.6 s to 4.3 s with 50
     parameters at 100 observations, where fitting the GP (about 3.5 s) dominates.

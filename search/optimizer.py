@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ax import Client, RangeParameterConfig, StorageConfig
+from ax import Client, RangeParameterConfig
 from ax.core.experiment import Experiment
 from ax.core.trial_status import TrialStatus
 from ax.exceptions.core import DataRequiredError
 
+from vitprune.search import ax_adapter
 from vitprune.search.generation import SOBOL_NODE, GenerationConfig, build_generation_strategy
 from vitprune.search.records import (
     BestPoint,
@@ -102,7 +103,9 @@ class Optimizer:
             duplicates = sorted({p for p in parameters if list(parameters).count(p) > 1})
             raise ValueError(f"parameters: duplicate names {duplicates}")
         generation = generation or GenerationConfig()
-        client = Client(random_seed=generation.seed, storage_config=_storage_config(self._storage_url))
+        client = Client(
+            random_seed=generation.seed, storage_config=ax_adapter.storage_config(self._storage_url)
+        )
         client.configure_experiment(
             parameters=[
                 RangeParameterConfig(name=p, parameter_type="float", bounds=(0.0, 1.0)) for p in parameters
@@ -116,9 +119,11 @@ class Optimizer:
                 f"objective {objective!r} / outcome_constraints {list(outcome_constraints)}: {error}"
             ) from error
         client.configure_tracking_metrics(
-            [m for m in tracked_metrics if m not in client._experiment.metrics]  # no duplicate warnings
+            [
+                m for m in tracked_metrics if m not in ax_adapter.experiment(client).metrics
+            ]  # no duplicate warnings
         )
-        multi_objective = client._experiment.optimization_config.is_moo_problem
+        multi_objective = ax_adapter.experiment(client).optimization_config.is_moo_problem
         client.set_generation_strategy(build_generation_strategy(generation, multi_objective=multi_objective))
         self._client = client
 
@@ -147,7 +152,7 @@ class Optimizer:
         seconds = time.perf_counter() - start
         self._changed()  # a generation strategy may move on even without new trials
         if trials:
-            node = self._experiment.trials[min(trials)].generator_runs[0]._generation_node_name
+            node, _, _ = ax_adapter.generator_run_info(self._experiment.trials[min(trials)].generator_runs[0])
             self._suggestions.append(Suggestion(seconds=seconds, trials=len(trials), node=node or "?"))
             logger.info("Suggested %d trial(s) from %s in %.2f s", len(trials), node, seconds)
         return {index: {k: float(v) for k, v in point.items()} for index, point in trials.items()}
@@ -211,7 +216,7 @@ class Optimizer:
         self._changed()
         # Client.mark_trial_abandoned takes no reason; the trial object keeps one (and is saved).
         trial = self._experiment.trials[index].mark_abandoned(reason=reason)
-        client._save_or_update_trials_in_db_if_possible(experiment=self._experiment, trials=[trial])
+        ax_adapter.save_trials(client, [trial])
         logger.info("Trial %d ABANDONED: %s", index, reason)
 
     # -------------------------------------------------------------------- best
@@ -264,6 +269,12 @@ class Optimizer:
         return tuple(sorted(self._experiment.optimization_config.metric_names))
 
     @property
+    def objective_names(self) -> tuple[str, ...]:
+        """The metrics of the objective (one, or several for a Pareto objective)."""
+        objective = self._experiment.optimization_config.objective
+        return tuple(objective.metric_names)
+
+    @property
     def multi_objective(self) -> bool:
         return self._experiment.optimization_config.is_moo_problem
 
@@ -287,7 +298,7 @@ class Optimizer:
         records = []
         for index, trial in sorted(experiment.trials.items()):
             run = trial.generator_runs[0]
-            kwargs = run._generator_kwargs or {}
+            node, generator, kwargs = ax_adapter.generator_run_info(run)
             acquisition = kwargs.get("botorch_acqf_class")
             spec = kwargs.get("surrogate_spec")
             model = spec.model_configs[0].botorch_model_class if spec is not None else None
@@ -297,8 +308,8 @@ class Optimizer:
                     status=trial.status.name,
                     parameters=_floats(trial.arm.parameters),
                     metrics=observed.get(index, {}),
-                    node=run._generation_node_name or "?",
-                    generator=run._generator_key or "?",
+                    node=node or "?",
+                    generator=generator or "?",
                     model=model.__name__ if model is not None else None,
                     acquisition=acquisition.__name__ if acquisition is not None else None,
                     reason=trial.status_reason,
@@ -310,7 +321,7 @@ class Optimizer:
 
     def model_training_trials(self) -> set[int]:
         """Trials whose data the most recently fitted model trained on (empty before any fit)."""
-        adapter = self._configured_client("model_training_trials")._generation_strategy.adapter
+        adapter = ax_adapter.fitted_adapter(self._configured_client("model_training_trials"))
         if adapter is None:
             return set()
         index = adapter.get_training_data().observation_data.index
@@ -318,7 +329,7 @@ class Optimizer:
 
     def modelled_metrics(self) -> tuple[str, ...]:
         """Metrics the most recently fitted model predicts (tracked metrics are not modelled)."""
-        adapter = self._configured_client("modelled_metrics")._generation_strategy.adapter
+        adapter = ax_adapter.fitted_adapter(self._configured_client("modelled_metrics"))
         return tuple(sorted(adapter.outcomes)) if adapter is not None else ()
 
     def analysis_cards(self) -> list[Any]:
@@ -333,7 +344,7 @@ class Optimizer:
     @property
     def seed(self) -> int | None:
         """The Sobol / acquisition seed, read back from the generation strategy."""
-        sobol = self._configured_client("seed")._generation_strategy.nodes_by_name[SOBOL_NODE]
+        sobol = ax_adapter.generation_strategy(self._configured_client("seed")).nodes_by_name[SOBOL_NODE]
         return sobol.generator_specs[0].generator_kwargs.get("seed")
 
     # -------------------------------------------------------------------- persist
@@ -366,10 +377,10 @@ class Optimizer:
     def from_state(cls, state: Mapping[str, Any]) -> Optimizer:
         """Inverse of ``state``: the same experiment, generation strategy and timings."""
         optimizer = cls(torch_threads=state["torch_threads"], storage_url=state.get("storage_url"))
-        # Client._from_json_snapshot is what Client.load_from_json_file runs after reading the file.
         # Without storage: reading a search's state (status, export, a dashboard) never writes.
-        optimizer._client = Client._from_json_snapshot(snapshot=json.loads(state["ax"]))
-        optimizer._client._random_seed = optimizer.seed  # not part of Ax's snapshot
+        snapshot = json.loads(state["ax"])
+        optimizer._client = ax_adapter.from_snapshot(snapshot, random_seed=None)
+        ax_adapter.set_random_seed(optimizer._client, optimizer.seed)  # not part of Ax's snapshot
         optimizer._storage_synced = optimizer._storage_url is None
         optimizer._suggestions = [Suggestion(**s) for s in state["suggestions"]]
         optimizer._encoded = state["ax"]
@@ -395,13 +406,14 @@ class Optimizer:
         first change replaces the database's copy of the experiment with the snapshot's.
         """
         client = self._configured_client(caller)
-        config = _storage_config(self._storage_url)  # binds Ax's engine to this search's database
+        config = ax_adapter.storage_config(self._storage_url)  # binds Ax's engine to this search's database
         if self._storage_synced:
             return client
-        _delete_stored_experiment(self._experiment.name)
-        seed = client._random_seed
-        client = Client._from_json_snapshot(snapshot=json.loads(self._ax_json()), storage_config=config)
-        client._random_seed = seed
+        ax_adapter.delete_stored_experiment(self._experiment.name)
+        seed = ax_adapter.random_seed(client)
+        client = ax_adapter.from_snapshot(
+            json.loads(self._ax_json()), random_seed=seed, storage_config=config
+        )
         self._client, self._storage_synced = client, True
         return client
 
@@ -414,7 +426,7 @@ class Optimizer:
         """
         if self._encoded is None:
             start = time.perf_counter()
-            self._encoded = json.dumps(self._configured_client("snapshot")._to_json_snapshot())
+            self._encoded = json.dumps(ax_adapter.to_snapshot(self._configured_client("snapshot")))
             self._encode_s += time.perf_counter() - start
         return self._encoded
 
@@ -423,8 +435,7 @@ class Optimizer:
 
     @property
     def _experiment(self) -> Experiment:
-        # Client has no public accessor for its experiment (Ax 1.3); vitprune pins ax < 1.4.
-        return self._configured_client("experiment")._experiment
+        return ax_adapter.experiment(self._configured_client("experiment"))
 
     def _running_trial(self, index: int, caller: str) -> None:
         trials = self._experiment.trials
@@ -455,37 +466,3 @@ def _floats(parameters: Mapping[str, Any]) -> dict[str, float]:
 def _means(outcome: Mapping[str, Any]) -> dict[str, float]:
     """Ax outcomes map a metric to ``(mean, sem)`` or to a mean: keep the mean."""
     return {name: float(v[0] if isinstance(v, tuple) else v) for name, v in outcome.items()}
-
-
-def _delete_stored_experiment(name: str) -> None:
-    """Remove experiment ``name`` and its generation strategy from the configured SQL storage."""
-    from ax.storage.sqa_store.db import session_scope
-    from ax.storage.sqa_store.delete import delete_experiment, delete_generation_strategy
-    from ax.storage.sqa_store.sqa_classes import SQAExperiment
-
-    with session_scope() as session:
-        stored = session.query(SQAExperiment).filter_by(name=name).one_or_none() is not None
-    if stored:
-        delete_generation_strategy(name)
-        delete_experiment(name)
-
-
-def _storage_config(url: str | None) -> StorageConfig | None:
-    """Ax SQL storage at ``url`` (e.g. ``sqlite:////abs/path/ax.db``), its tables created if missing.
-
-    With it, the Ax ``Client`` saves the experiment after every operation, next to the JSON
-    snapshots. Ax imports ``tabulate`` when it saves but does not declare it (vitprune does).
-
-    Ax keeps one SQL engine per process, bound by the first ``init_engine_and_session_factory``
-    and silently kept after that. Every operation that saves therefore rebinds it to ``url``
-    first, so that two searches in one process (a benchmark) each write to their own database.
-    """
-    if url is None:
-        return None
-    from ax.storage.sqa_store import db
-
-    engine = None if db.SESSION_FACTORY is None else db.get_engine()
-    if engine is None or engine.url.render_as_string(hide_password=False) != url:
-        db.init_engine_and_session_factory(url=url, force_init=engine is not None)
-        db.create_all_tables(db.get_engine())
-    return StorageConfig(url=url)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from vitprune.evaluators.latency_model import LatencyModel
-from vitprune.search.config import SearchSpec
 from vitprune.search.rundir import RunDir
+from vitprune.search.spec import SearchSpec
 from vitprune.spaces import Architecture, InputError, Policy, Scores, macs, params
 from vitprune.spaces.budget import Budget, Measure
 from vitprune.spaces.files import write_text_atomic

@@ -19,7 +19,7 @@ import logging
 import math
 from typing import Any
 
-from vitprune.search.config import SearchSpec
+from vitprune.search.spec import SearchSpec
 from vitprune.spaces import Architecture, InputError, Policy, macs, params
 from vitprune.spaces.budget import Budget
 from vitprune.spaces.space import check_budget

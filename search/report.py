@@ -16,6 +16,9 @@ from ray import tune
 FINAL_KEY = "vitprune_final"
 """Result key that marks a trial's final report; see ``final_result``."""
 
+FAILED_KEY = "vitprune_failed"
+"""Result key of a final report that says the trial failed, and why; see ``failed_result``."""
+
 TRIAL_KEY = "vitprune_trial"
 """Config key holding the trial's Ax index (next to the point's parameters), for its artefacts."""
 
@@ -29,6 +32,16 @@ def final_result(metrics: Mapping[str, float]) -> dict[str, Any]:
         >>> tune.report(final_result({"accuracy": 0.81, "macs": 1.2e9, "latency_ms": 11.0}))
     """
     return {**metrics, FINAL_KEY: True}
+
+
+def failed_result(reason: str) -> dict[str, Any]:
+    """The last report of a trial that failed deterministically (a NaN loss, a bad input): the
+    searcher marks it FAILED with ``reason`` and Tune does not retry it, as it would an exception.
+
+    Example:
+        >>> tune.report(failed_result("TrainingDiverged: loss is nan at step 12"))
+    """
+    return {FAILED_KEY: reason, FINAL_KEY: True}
 
 
 def as_trainable(evaluate: Evaluate) -> Callable[[dict[str, Any]], None]:

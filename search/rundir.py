@@ -10,7 +10,8 @@
     experiment.json      Ax snapshot, rewritten atomically after every trial that ends
     ax.db                the same experiment in Ax's SQL storage (when storage.enabled)
     searcher.json        the searcher's state as of the last trial that ended (for --resume)
-    trials/NNNN/         each trial's policy.json, model.safetensors and metrics.json
+    progress.json        trials done, running, queued, the best so far, ETA: rewritten as trials start and end
+    trials/NNNN/         each trial's policy.json, model.safetensors and metrics.json (error.txt if it failed)
     trials.csv           one row per trial: parameters, structure, metrics, status, times
     best_policy.json     one objective: the best feasible policy by observed value, with provenance
     best_model/          its fine-tuned weights, loadable with vitprune.load_pruned
@@ -69,6 +70,13 @@ class RunDir:
         try:
             return json.loads((self.trial(index) / "metrics.json").read_text())
         except (OSError, ValueError):
+            return None
+
+    def trial_error(self, index: int) -> str | None:
+        """The ``Type: message`` a failed trial left in its ``error.txt``, if any."""
+        try:
+            return (self.trial(index) / "error.txt").read_text().strip() or None
+        except OSError:
             return None
 
     def holds_search(self) -> bool:

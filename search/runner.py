@@ -1,7 +1,7 @@
-"""Run (or resume) a search: Ray Tune dispatches the trials that ``AxSearcher`` proposes.
+"""Run (or resume) the trials of a search: Ray Tune dispatches the points ``AxSearcher`` proposes.
 
     >>> searcher = AxSearcher(optimizer, max_trials=40, snapshot_path="out/experiment.json")
-    >>> run = run_search(
+    >>> run = run_tune(
     ...     as_trainable(evaluate),  # evaluate(point) -> {"accuracy": ..., "macs": ..., ...}
     ...     searcher,
     ...     storage_path="out/tune",
@@ -11,7 +11,7 @@
     ... )
     >>> run.optimizer.best()
     >>> # after Ctrl-C or a killed driver:
-    >>> run = resume_search(run.path, as_trainable(evaluate), resources={"cpu": 1, "gpu": 0.5})
+    >>> run = resume_tune(run.path, as_trainable(evaluate), resources={"cpu": 1, "gpu": 0.5})
 
 Ray is not started here: call ``ray.init`` first to choose the cluster (Tune starts a local one
 otherwise).
@@ -38,11 +38,11 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class SearchRun:
-    """What ``run_search`` / ``resume_search`` hand back.
+class TuneRun:
+    """What ``run_tune`` / ``resume_tune`` hand back.
 
     Attributes:
-        path: Tune's experiment folder (pass it to ``resume_search``).
+        path: Tune's experiment folder (pass it to ``resume_tune``).
         searcher: The searcher as Tune last checkpointed it.
         results: Tune's view of the trials (Ax's view is ``searcher.optimizer``).
         wall_s: Wall time of this ``fit`` call.
@@ -73,7 +73,7 @@ class SearchRun:
         return self.suggest_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def run_search(
+def run_tune(
     trainable: Callable[[dict[str, Any]], None],
     searcher: AxSearcher,
     *,
@@ -87,12 +87,17 @@ def run_search(
     callbacks: Sequence[Callback] = (),
     reuse_actors: bool = False,
     verbose: int = 1,
-) -> SearchRun:
+) -> TuneRun:
     """Run ``searcher.max_trials`` trials of ``trainable`` with Ray Tune.
+
+    The searcher, not Tune's sample count, says when the search is done: it answers ``FINISHED``
+    once every planned Ax trial exists and none is waiting to be handed out. (Tune's counter also
+    counts trials created just before a killed driver's last checkpoint, which a resumed search
+    must still run.)
 
     Args:
         trainable: A Tune function trainable (see ``as_trainable``).
-        searcher: Proposes the points; ``num_samples`` is its ``max_trials``.
+        searcher: Proposes the points and decides when the search is done.
         storage_path: Folder under which Tune writes the experiment folder ``name``.
         name: Experiment folder name.
         max_concurrent_trials: Trials running at once; also the size of suggestion batches.
@@ -109,7 +114,7 @@ def run_search(
         tune.with_resources(trainable, dict(resources or {"cpu": 1})),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=searcher.max_trials,
+            num_samples=-1,  # until the searcher says FINISHED
             max_concurrent_trials=max_concurrent_trials,
             scheduler=scheduler,
             reuse_actors=reuse_actors,
@@ -127,19 +132,19 @@ def run_search(
     return _fit(tuner, path, searcher.optimizer)
 
 
-def resume_search(
+def resume_tune(
     path: str | os.PathLike[str],
     trainable: Callable[[dict[str, Any]], None],
     *,
     resources: Mapping[str, float] | None = None,
-) -> SearchRun:
+) -> TuneRun:
     """Finish an interrupted search: the same Ax experiment, none lost, none run twice.
 
     Trials that were running when the driver stopped start again under their Tune ids and
     complete their Ax trials; trials that had failed stay failed.
 
     Args:
-        path: The experiment folder (``SearchRun.path``).
+        path: The experiment folder (``TuneRun.path``).
         trainable: The same trainable as the interrupted run (Tune checks its name).
         resources: The same per-trial resources as the interrupted run.
     """
@@ -153,14 +158,14 @@ def resume_search(
     return _fit(tuner, path, AxSearcher.from_experiment_dir(path).optimizer)
 
 
-def _fit(tuner: tune.Tuner, path: Path, before: Optimizer) -> SearchRun:
+def _fit(tuner: tune.Tuner, path: Path, before: Optimizer) -> TuneRun:
     """Run ``tuner``; ``before`` is the optimizer as it was, to time this session alone."""
     suggest_s, encode_s = before.timing().total_s, before.encode_s
     start = time.perf_counter()
     results = tuner.fit()
     wall_s = time.perf_counter() - start
     searcher = AxSearcher.from_experiment_dir(path)  # the state Tune saved when fit() ended
-    run = SearchRun(
+    run = TuneRun(
         path=path,
         searcher=searcher,
         results=results,

@@ -16,6 +16,7 @@ early-stopped trials out of the GP anyway. ``AxSearcher``:
   Tune reports                                          Ax trial becomes
   ====================================================  ==========================
   ``error=True`` (raised after all retries)             FAILED
+  a final result with ``FAILED_KEY`` (the reason)       FAILED, not retried
   no result, or a last result without ``FINAL_KEY``     ABANDONED (no data)
   a last result with ``result[FINAL_KEY] is True``      COMPLETED with its metrics
   ====================================================  ==========================
@@ -48,20 +49,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune.search import Searcher
 
 from vitprune.search.optimizer import Optimizer
-from vitprune.search.records import OptimizerStateError
-from vitprune.search.report import FINAL_KEY, TRIAL_KEY
+from vitprune.search.records import NoFeasibleTrialError, OptimizerStateError
+from vitprune.search.report import FAILED_KEY, FINAL_KEY, TRIAL_KEY
 from vitprune.spaces.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 LATEST_STATE = "searcher.json"  # beside the snapshot: the state as of the last trial that ended
+PROGRESS = "progress.json"  # beside the snapshot: the search's progress, rewritten as trials start and end
 
 
 class AxSearcher(Searcher):
@@ -69,8 +72,9 @@ class AxSearcher(Searcher):
 
     Args:
         optimizer: A configured optimizer; the searcher owns it from now on.
-        max_trials: Ax trials to create in all, failed and abandoned ones included; the Tuner's
-            ``num_samples`` must be the same (``run_search`` takes it from here).
+        max_trials: Ax trials to create in all, failed and abandoned ones included. The searcher
+            answers ``FINISHED`` once they all exist and none is queued (``run_tune`` lets it
+            decide when the search is done).
         snapshot_path: Where the Ax snapshot (``experiment.json``) is rewritten after every trial
             that ends; made absolute, since Tune changes working directories.
     """
@@ -95,6 +99,8 @@ class AxSearcher(Searcher):
         self._rerunning: set[str] = set()  # resumed by Tune, though their Ax trial ended: see restore
         self._waiting = False  # Ax wants observations first: do not ask again until a trial ends
         self._warned_partial = False
+        self._session_started = time.time()  # this driver session (a resume starts a new one)
+        self._session_ended = 0
 
     # -------------------------------------------------------------------- Tune hooks
     def set_max_concurrency(self, max_concurrent: int) -> bool:
@@ -130,6 +136,7 @@ class AxSearcher(Searcher):
         index = self._queue.pop(0)
         self._live[trial_id] = index
         logger.debug("Tune trial %s runs Ax trial %d", trial_id, index)
+        self._write_progress()
         return self.config(index)
 
     def config(self, index: int) -> dict[str, float | int]:
@@ -157,7 +164,9 @@ class AxSearcher(Searcher):
         if optimizer.status(index) != "RUNNING":
             logger.warning("Ax trial %d is already %s: ignored", index, optimizer.status(index))
         elif error:
-            optimizer.fail(index, f"Tune trial {trial_id} raised (after its retries, if any)")
+            optimizer.fail(index, f"Tune trial {trial_id} raised after its retries (see its error.txt)")
+        elif result and result.get(FINAL_KEY) is True and result.get(FAILED_KEY):
+            optimizer.fail(index, str(result[FAILED_KEY]))
         elif not result:
             optimizer.abandon(index, "stopped before it reported anything")
         elif result.get(FINAL_KEY) is not True:
@@ -179,7 +188,9 @@ class AxSearcher(Searcher):
                 optimizer.complete(index, metrics)
             except (ValueError, TypeError) as problem:
                 optimizer.fail(index, f"bad final report: {problem}")
+        self._session_ended += 1
         self._write_snapshot()
+        self._log_progress()
 
     # -------------------------------------------------------------------- inspect
     @property
@@ -218,6 +229,8 @@ class AxSearcher(Searcher):
         self._rerunning = set(state.get("rerunning", ()))
         self._waiting = False
         self._warned_partial = False
+        self._session_started = time.time()
+        self._session_ended = 0
 
     def save(self, checkpoint_path: str) -> None:
         """Called by Tune at each experiment checkpoint (it renames the file into place itself)."""
@@ -272,7 +285,79 @@ class AxSearcher(Searcher):
         Searcher.__init__(self, metric=None, mode=None)
         self.set_state(state)
 
+    def progress(self) -> dict[str, Any]:
+        """The whole search as of now (not only this driver session): trials planned, created,
+        done, failed, running and queued, the best feasible trial so far, this session's pace."""
+        records = self._optimizer.trials()
+        statuses = [record.status for record in records]
+        done, failed = statuses.count("COMPLETED"), statuses.count("FAILED") + statuses.count("ABANDONED")
+        finished = done + failed
+        elapsed = time.time() - self._session_started
+        remaining = max(0, self.max_trials - finished)
+        rate = elapsed / self._session_ended if self._session_ended else None
+        running = sorted(self._live.values()) + sorted(self._live_rerunning())
+        return {
+            "planned": self.max_trials,
+            "created": len(records),
+            "completed": done,
+            "failed": failed,
+            "running": running,
+            "queued": list(self._queue),
+            "best": self._best(),
+            "session_started": self._session_started,
+            "session_ended": self._session_ended,
+            "session_elapsed_s": elapsed,
+            "eta_s": None if rate is None else rate * remaining,
+            "suggest_s": self._optimizer.timing().total_s,
+            "updated": time.time(),
+        }
+
     # -------------------------------------------------------------------- private
+    def _live_rerunning(self) -> list[int]:
+        return [self._ended[trial_id] for trial_id in self._rerunning if trial_id in self._ended]
+
+    def _best(self) -> dict[str, Any] | None:
+        """The best feasible trial by observed value (one objective), or the Pareto front's size."""
+        try:
+            if self._optimizer.multi_objective:
+                front = self._optimizer.pareto_frontier()
+                return {"front": [point.index for point in front]}
+            best = self._optimizer.best()
+        except NoFeasibleTrialError:
+            return None
+        return {"trial": best.index, "metrics": best.metrics}
+
+    def _log_progress(self) -> None:
+        state = self.progress()
+        best = state["best"]
+        shown = ""
+        if best is not None and "front" in best:
+            shown = f" · Pareto front: {len(best['front'])} trials"
+        elif best is not None:
+            (name,) = self._optimizer.objective_names
+            shown = f" · best {name} {best['metrics'].get(name, float('nan')):.4f} (trial {best['trial']})"
+        eta = state["eta_s"]
+        logger.info(
+            "trials %d/%d done, %d running, %d failed%s · %.0f s this session, ETA %s",
+            state["completed"],
+            state["planned"],
+            len(state["running"]),
+            state["failed"],
+            shown,
+            state["session_elapsed_s"],
+            "?" if eta is None else f"{eta:.0f} s",
+        )
+        self._write_progress(state)
+
+    def _write_progress(self, state: dict[str, Any] | None = None) -> None:
+        """``progress.json`` beside the snapshot: what the dashboard and ``status`` show live."""
+        if self.snapshot_path is None:
+            return
+        try:
+            write_text_atomic(self.snapshot_path.with_name(PROGRESS), json.dumps(state or self.progress()))
+        except OSError as problem:
+            logger.error("Could not write %s: %s", PROGRESS, problem)
+
     def _write_snapshot(self) -> None:
         """Write ``experiment.json`` (plain Ax) and ``searcher.json`` (this whole state), atomically."""
         if self.snapshot_path is None:

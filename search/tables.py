@@ -48,7 +48,7 @@ def trial_rows(run: RunDir, records: Sequence[TrialRecord], *, dense: Policy) ->
         row |= {
             "suggest_fit_s": round(record.fit_s, 3),
             "suggest_gen_s": round(record.gen_s, 3),
-            "reason": record.reason,
+            "reason": run.trial_error(record.index) or record.reason,
         }
         rows.append(row)
     return rows

@@ -11,3 +11,15 @@ class InputError(ValueError):
 
 class PolicyError(InputError):
     """A policy that is malformed or inconsistent with its base architecture."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line: its first line, except for an exception a DataLoader
+    worker re-raised in the main process, whose message holds the worker's traceback and ends
+    with the original message."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in lines[1]:
+        return lines[-1].split("Error: ", 1)[-1] if ": " in lines[-1] else lines[-1]
+    return lines[0]

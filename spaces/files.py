@@ -1,4 +1,5 @@
-"""Files written so that a crash never leaves a half-written one behind."""
+"""Files written so that a crash never leaves a half-written one behind, with the permissions an
+ordinary ``open(path, "w")`` would give them (the umask decides: shared run directories work)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private (0600)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -22,3 +24,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

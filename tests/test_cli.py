@@ -197,3 +197,35 @@ def test_a_timm_training_checkpoint_with_its_arguments_loads(tmp_path, capsys):
     )
     code, _, err = run(capsys, "policy", *TINY, "--checkpoint", tmp_path / "c.pth", "-o", tmp_path / "p.json")
     assert code == 0, err
+
+
+def test_help_and_version_answer_without_importing_torch():
+    """`vitprune --help` must answer at once: building the parser imports no torch, timm, Ray or Ax."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from vitprune.cli import build_parser\n"
+        "for argv in (['--help'], ['policy', '--help'], ['search', '--help'], ['--version']):\n"
+        "    try:\n"
+        "        build_parser().parse_args(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'timm', 'ray', 'ax') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "vitprune 0.1.0" in done.stdout
+
+
+def test_the_criteria_named_in_the_help_are_the_registered_ones(capsys):
+    from vitprune.cli import CRITERIA
+    from vitprune.evaluators.criteria import criterion_names
+
+    assert list(CRITERIA) == criterion_names()
+    code, _, err = run(capsys, "policy", *TINY, "--criterion", "snpp", "-o", "x.json")
+    assert (
+        code == 2
+        and "criterion 'snpp': unknown (known: depth, hsic, magnitude, random, snp, star, taylor)" in err
+    )

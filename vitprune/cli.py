@@ -16,11 +16,17 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
+from vitprune import __version__
 from vitprune.spaces import InputError, Policy, cost
+from vitprune.spaces.errors import one_line
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Command = Callable[[argparse.Namespace], int | None]
+
+# The registered criteria (vitprune.evaluators.criteria.criterion_names(), which imports torch):
+# named here so that `vitprune --help` answers at once; a test keeps the two equal.
+CRITERIA = ("depth", "hsic", "magnitude", "random", "snp", "star", "taylor")
 
 
 def _ratio(text: str) -> float:
@@ -250,24 +256,18 @@ def cmd_train_dense(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
-
     from vitprune.evaluators import create_dense, load_pruned
-    from vitprune.evaluators.config import DataConfig, FinetuneConfig, parse_section
+    from vitprune.evaluators.config import DataConfig, FinetuneConfig, LatencyConfig, parse_section
     from vitprune.evaluators.data import load_data
     from vitprune.evaluators.dense import load_dense
-    from vitprune.evaluators.finetune import finetune
-    from vitprune.evaluators.measure import accuracy, latency_side_by_side
-    from vitprune.evaluators.trial import resolve_device
+    from vitprune.evaluators.trial import evaluate
 
     model, policy = load_pruned(args.model_dir)
-    data_config = parse_section(DataConfig, args.data, "--data")
-    data = load_data(data_config, policy.base)
+    data = load_data(parse_section(DataConfig, args.data, "--data"), policy.base)
     if data.num_classes != policy.base.num_classes:
         raise InputError(
             f"--data: {data.num_classes} classes, but the model predicts {policy.base.num_classes}"
         )
-    device = resolve_device(args.device)
     teacher = None
     if args.dense is not None:
         teacher, _ = load_dense(
@@ -275,45 +275,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             checkpoint=args.dense,
             model_args=policy.base.model_args,
         )
-    if args.finetune_epochs:
-        kd = {} if teacher is not None else None
-        finetune(
-            model,
-            data=data,
-            config=FinetuneConfig(epochs=args.finetune_epochs, kd=kd),
-            teacher=teacher,
-            device=device,
-        )
-    measured = accuracy(model, data.eval_loader(args.split), device=device)
-    dense_model = teacher if teacher is not None else create_dense(policy.base)
-    times = latency_side_by_side(
-        {"pruned": model, "dense": dense_model},
-        batch_size=args.batch_size,
-        device=device,
-        dtype=torch.float32,
+    result = evaluate(
+        model,
+        policy,
+        data=data,
+        teacher=teacher if teacher is not None else create_dense(policy.base),  # latency reference
+        finetune_config=(
+            FinetuneConfig(epochs=args.finetune_epochs, kd={} if teacher is not None else None)
+            if args.finetune_epochs
+            else None
+        ),
+        latency_config=LatencyConfig(batch_size=args.batch_size, device=args.device),
+        splits=(args.split,),
+        compare_dense=True,
+        device=args.device,
     )
-    pruned_cost, dense_cost = cost(policy), cost(Policy.keep_all(policy.base))
+    m, split = result.metrics, args.split.replace("-", "_")
+    dense_cost = cost(Policy.keep_all(policy.base))
     report = {
         "split": args.split,
-        "accuracy": measured.top1,
-        "top5": measured.top5,
-        "macs": pruned_cost.macs,
-        "params": pruned_cost.params,
-        "latency_ms": times["pruned"].median_ms,
-        "macs_ratio": pruned_cost.macs / dense_cost.macs,
-        "params_ratio": pruned_cost.params / dense_cost.params,
-        "latency_ratio": times["pruned"].median_ms / times["dense"].median_ms,
-        "dense": {
-            "macs": dense_cost.macs,
-            "params": dense_cost.params,
-            "latency_ms": times["dense"].median_ms,
-        },
-        "latency": times["pruned"].to_dict(),
+        "accuracy": m["accuracy"],
+        "top5": m["top5"],
+        "macs": m["macs"],
+        "params": m["params"],
+        "latency_ms": m["latency_ms"],
+        "macs_ratio": m["macs_ratio"],
+        "params_ratio": m["params_ratio"],
+        "latency_ratio": m["latency_ratio"],
+        "dense": {"macs": dense_cost.macs, "params": dense_cost.params, "latency_ms": m["dense_latency_ms"]},
+        "latency": {key: m[key] for key in ("latency_ms", "latency_min_ms", "latency_max_ms")},
     }
-    if teacher is not None:
-        dense_accuracy = accuracy(teacher, data.eval_loader(args.split), device=device).top1
-        report["dense"]["accuracy"] = dense_accuracy
-        report["accuracy_ratio"] = measured.top1 / dense_accuracy
+    if teacher is not None:  # a random dense model's accuracy means nothing
+        report["dense"]["accuracy"] = m[f"dense_{split}_accuracy"]
+        report["accuracy_ratio"] = m["accuracy"] / m[f"dense_{split}_accuracy"]
     print(json.dumps(report, indent=2))
 
 
@@ -336,9 +330,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vitprune", description="Prune Vision Transformers under a compute budget.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--version", action="version", version=f"vitprune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
-    from vitprune.evaluators.criteria import criterion_names
 
     p = commands.add_parser("policy", help="write a uniform policy from keep ratios")
     p.add_argument(
@@ -356,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--criterion",
         default="magnitude",
-        choices=criterion_names(),
-        help="what to keep (default: magnitude)",
+        metavar="NAME",
+        help=f"what to keep: {', '.join(CRITERIA)} (default: magnitude)",
     )
     for name, what in (
         ("heads", "attention heads"),
@@ -437,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_evaluate)
 
-    from vitprune.search.cli import add_commands
+    from vitprune.search.commands import add_commands
 
     add_commands(commands)
 
@@ -455,20 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args) or 0
     except InputError as error:
-        console.print(f"vitprune: error: {_one_line(error)}", markup=False)
+        console.print(f"vitprune: error: {one_line(error) or type(error).__name__}", markup=False)
         return 2
     except KeyboardInterrupt:
         console.print("vitprune: interrupted")
         return 130
-
-
-def _one_line(error: InputError) -> str:
-    """The message of ``error`` on one line. A DataLoader worker re-raises it in the main process
-    with the worker's traceback in the message; the original message is its last line."""
-    lines = str(error).strip().splitlines()
-    if len(lines) <= 1:
-        return lines[0] if lines else type(error).__name__
-    return lines[-1].split("InputError: ", 1)[-1]
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def test_imagefolder_with_timm_transforms(tmp_path):
         ("mnist:/tmp", "data.source: Input should be 'digits', 'imagefolder', 'cifar10' or 'cifar100'"),
     ],
 )
-def test_bad_data_specs_are_one_line(spec, message, digits_base):
+def test_bad_data_specs_areone_line(spec, message, digits_base):
     with pytest.raises(InputError) as error:
         load_data(parse_section(DataConfig, spec, "data"), digits_base)
     assert str(error.value).startswith(message)
@@ -115,11 +115,12 @@ def test_an_unreadable_image_is_named_even_from_a_dataloader_worker(tmp_path, ca
     import timm
     from PIL import Image
 
-    from vitprune.cli import _one_line, main
+    from vitprune.cli import main
     from vitprune.evaluators import describe
     from vitprune.evaluators.io import save_pruned
     from vitprune.evaluators.surgery import apply_policy
     from vitprune.spaces import InputError, Policy
+    from vitprune.spaces.errors import one_line
 
     for split in ("train", "val"):
         for label in ("a", "b"):
@@ -139,8 +140,8 @@ def test_an_unreadable_image_is_named_even_from_a_dataloader_worker(tmp_path, ca
     config = DataConfig(source="imagefolder", path=tmp_path / "images", num_workers=1)
     with pytest.raises(InputError) as raised:
         list(load_data(config, base).eval_loader("test"))
-    assert _one_line(raised.value).startswith("data.path: ")
-    assert _one_line(raised.value).endswith(
+    assert one_line(raised.value).startswith("data.path: ")
+    assert one_line(raised.value).endswith(
         "zz-broken.png: not a readable image (cannot identify image file "
         f"'{tmp_path / 'images' / 'val' / 'b' / 'zz-broken.png'}')"
     )

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from vitprune.cli import main
-from vitprune.search.config import SearchSpec, load_spec
+from vitprune.search.spec import SearchSpec, load_spec
 from vitprune.spaces import InputError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from vitprune.cli import main
-from vitprune.search.config import SearchSpec
 from vitprune.search.preflight import check_spec
+from vitprune.search.spec import SearchSpec
 from vitprune.spaces import InputError
 
 TINY = {

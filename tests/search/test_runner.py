@@ -16,7 +16,7 @@ import pytest
 from ray import cloudpickle, tune
 from ray.tune import Callback
 
-from vitprune.search import AxSearcher, Optimizer, as_trainable, final_result, resume_search, run_search
+from vitprune.search import AxSearcher, Optimizer, as_trainable, final_result, resume_tune, run_tune
 
 pytestmark = pytest.mark.ray
 
@@ -36,7 +36,7 @@ def _searcher(tmp_path: Path, *, max_trials: int = 8, method: str = "gp_ei") -> 
 
 
 def _run(trainable, searcher, tmp_path, *, resources=None, **kwargs):
-    return run_search(
+    return run_tune(
         trainable,
         searcher,
         storage_path=tmp_path / "tune",
@@ -174,7 +174,7 @@ def test_interrupted_search_resumes_with_exactly_the_planned_trials(tmp_path, ra
         )
     path = tmp_path / "tune" / "interrupted"
 
-    run = resume_search(path, trainable, resources={"cpu": 1})
+    run = resume_tune(path, trainable, resources={"cpu": 1})
 
     records = run.optimizer.trials()
     assert len(records) == 6 and len(run.results) == 6
@@ -215,7 +215,7 @@ def test_ctrl_c_then_resume_finishes_the_same_experiment(tmp_path, ray_cluster):
     statuses = [r.status for r in first.optimizer.trials()]
     assert statuses.count("COMPLETED") >= 2 and "RUNNING" in statuses  # stopped half-way, state saved
 
-    run = resume_search(first.path, trainable)
+    run = resume_tune(first.path, trainable)
 
     records = run.optimizer.trials()
     assert [r.status for r in records] == ["COMPLETED"] * 5

@@ -9,11 +9,11 @@ from ray import cloudpickle
 
 from vitprune import load_pruned
 from vitprune.cli import main
-from vitprune.search.config import SearchSpec
+from vitprune.search.lifecycle import Search, SearchStateError
 from vitprune.search.optimizer import Optimizer
 from vitprune.search.report import TRIAL_KEY
-from vitprune.search.run import search
-from vitprune.search.trial import run_trial
+from vitprune.search.spec import SearchSpec
+from vitprune.search.trainable import run_trial
 from vitprune.spaces import InputError, Policy, macs
 
 pytestmark = pytest.mark.ray
@@ -44,7 +44,7 @@ def run(tmp_path_factory, ray_cluster):
     """One search of 5 trials whose trial 1 raises."""
     run_dir = tmp_path_factory.mktemp("run")
     spec = SearchSpec.model_validate(TINY)
-    outcome = search(spec, run_dir=run_dir, progress=lambda line: None, trainable=fails_on_trial_1)
+    outcome = Search(spec, run_dir=run_dir, progress=lambda line: None).run(fails_on_trial_1)
     return spec, run_dir, outcome
 
 
@@ -100,19 +100,30 @@ def test_the_best_is_axs_best_feasible_trial_and_its_model_loads(run):
 
 def test_resume_of_a_finished_search_runs_nothing_twice(run):
     spec, run_dir, _ = run
-    outcome = search(
-        spec, run_dir=run_dir, resume=True, progress=lambda line: None, trainable=fails_on_trial_1
-    )
-    assert outcome.trials == 5 and len(_rows(run_dir)) == 5
+    outcome = Search.resume(run_dir, spec=spec, progress=lambda line: None).run(fails_on_trial_1)
+    assert outcome.trials == 5 and len(_rows(run_dir)) == 5 and outcome.completed == 4
 
 
 def test_a_new_search_refuses_an_existing_run_dir_and_resume_refuses_another_spec(run):
     spec, run_dir, _ = run
     with pytest.raises(InputError, match="already holds a search; resume it with --resume"):
-        search(spec, run_dir=run_dir, progress=lambda line: None)
+        Search(spec, run_dir=run_dir, progress=lambda line: None).run()
     other = spec.model_copy(update={"seed": 1})
     with pytest.raises(InputError, match="the config differs from the one"):
-        search(other, run_dir=run_dir, resume=True, progress=lambda line: None)
+        Search.resume(run_dir, spec=other, progress=lambda line: None)
+
+
+def test_lifecycle_steps_called_too_early_say_what_to_call_first(tmp_path):
+    search = Search(SearchSpec.model_validate(TINY), run_dir=tmp_path / "never", progress=lambda line: None)
+    with pytest.raises(
+        SearchStateError, match=r"prepare: the search is not checked yet; call check\(\) first"
+    ):
+        search.prepare()
+    with pytest.raises(SearchStateError, match=r"call check\(\) and prepare\(\) first"):
+        search.run_trials()
+    with pytest.raises(SearchStateError, match=r"call run_trials\(\) first"):
+        search.finish()
+    assert not (tmp_path / "never").exists()
 
 
 def test_status_and_export(run, tmp_path, capsys):
@@ -214,7 +225,7 @@ def test_a_latency_budget_is_modelled_projected_and_constrained(tmp_path, ray_cl
             "storage": {"enabled": False},
         }
     )
-    outcome = search(spec, run_dir=tmp_path, progress=lambda line: None)
+    outcome = Search(spec, run_dir=tmp_path, progress=lambda line: None).run()
     from vitprune.evaluators.latency_model import LatencyModel
 
     model = LatencyModel.from_json((tmp_path / "latency_model.json").read_text())
@@ -244,7 +255,7 @@ def test_a_pareto_search_writes_its_front_and_every_command_handles_it(tmp_path,
         }
     )
     run_dir = tmp_path / "run"
-    outcome = search(spec, run_dir=run_dir, progress=lambda line: None)
+    outcome = Search(spec, run_dir=run_dir, progress=lambda line: None).run()
     assert outcome.best is None and outcome.front
     document = json.loads((run_dir / "pareto_front.json").read_text())
     assert document["objectives"] == ["accuracy", "-latency_ms"] and "provenance" in document

@@ -7,7 +7,7 @@ import fake_objective as fake
 import pytest
 from ray.tune.search import Searcher
 
-from vitprune.search import FINAL_KEY, AxSearcher, Optimizer, final_result
+from vitprune.search import FINAL_KEY, AxSearcher, Optimizer, failed_result, final_result
 from vitprune.search.report import TRIAL_KEY
 
 
@@ -63,8 +63,8 @@ def test_waits_without_asking_ax_again_until_a_trial_ends(tmp_path, monkeypatch)
 
 
 def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
-    searcher = _searcher(tmp_path, max_trials=5, concurrency=5, initial_trials=5)
-    points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(5)}
+    searcher = _searcher(tmp_path, max_trials=6, concurrency=6, initial_trials=6)
+    points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(6)}
     searcher.on_trial_complete("t0", error=True)
     partial = {**fake.evaluate(points["t1"]), "accuracy": 0.99, "training_iteration": 2, "done": True}
     searcher.on_trial_complete("t1", partial)  # stopped by ASHA: `done` but not final
@@ -72,9 +72,18 @@ def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
     searcher.on_trial_complete("t2", bad)
     searcher.on_trial_complete("t3", _final(points["t3"]))
     searcher.on_trial_complete("t4")  # stopped while pending (time budget): no result at all
+    searcher.on_trial_complete("t5", failed_result("TrainingDiverged: loss is nan at step 3"))
     records = searcher.optimizer.trials()
-    assert [r.status for r in records] == ["FAILED", "ABANDONED", "FAILED", "COMPLETED", "ABANDONED"]
-    assert records[0].reason == "Tune trial t0 raised (after its retries, if any)"
+    assert [r.status for r in records] == [
+        "FAILED",
+        "ABANDONED",
+        "FAILED",
+        "COMPLETED",
+        "ABANDONED",
+        "FAILED",
+    ]
+    assert records[0].reason == "Tune trial t0 raised after its retries (see its error.txt)"
+    assert records[5].reason == "TrainingDiverged: loss is nan at step 3"  # reported, not raised: no retry
     assert records[1].reason == "stopped early (last report: iteration 2); partial results are not final"
     assert records[1].metrics == {}  # the partial 0.99 is not an observation
     assert (

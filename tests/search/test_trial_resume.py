@@ -3,7 +3,7 @@
 import json
 
 from vitprune.search.rundir import RunDir
-from vitprune.search.trial import _finished_result
+from vitprune.search.trainable import _finished_result
 
 
 def test_a_finished_trial_is_recognised_by_its_folder_and_point(tmp_path):

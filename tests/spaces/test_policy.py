@@ -198,3 +198,19 @@ def test_token_prior_validation(base):
         with pytest.raises(PolicyError) as error:
             Policy.from_dict(_edit(base, 1, **changes))
         assert str(error.value).startswith(message)
+
+
+def test_files_written_atomically_get_the_permissions_of_an_ordinary_write(tmp_path):
+    import os
+    import stat
+
+    from vitprune.spaces.files import write_text_atomic
+
+    previous = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "run" / "experiment.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o644

@@ -1,15 +1,16 @@
-"""A whole search: check everything, prepare once, run the trials on Ray Tune, write the results.
+"""One search, as one object whose methods follow its lifecycle (as Ax's ``Client`` does):
 
-The lifecycle, in order; each step writes nothing until the ones before it passed:
+    >>> search = Search(spec, run_dir="runs/x")         # doctest: +SKIP
+    >>> search.check()       # the spec against the architecture, data and Ray cluster; writes nothing
+    >>> search.prepare()     # dense model, criteria scores, latency model: the Plan
+    >>> search.run_trials()  # Ax proposes, Ray Tune runs every planned trial
+    >>> search.finish()      # trials.csv, the best trial (or the Pareto front) and its model
+    >>> Search.resume("runs/x", spec=spec).run()       # after Ctrl-C or a killed driver
 
-1. check: the spec against the architecture and the data (:mod:`vitprune.search.preflight`),
-   Ray joined (or a private one started) and its nodes checked against the trial resources;
-2. prepare: the dense model, the criteria scores, the latency model (:mod:`vitprune.search.plan`);
-3. run: Ax proposes, Ray Tune runs the trials (:mod:`vitprune.search.runner`);
-4. finish: ``trials.csv``, and the best feasible trial (one objective) or the feasible Pareto front
-   (``accuracy, -latency_ms``) with their models.
-
-The run directory's layout is :class:`~vitprune.search.rundir.RunDir`.
+``run()`` is all four in order. A step called too early raises :class:`SearchStateError` naming
+the step to call first. Each step writes nothing until the ones before it passed: a new search
+creates its run directory only once :meth:`Search.check` has passed. The run directory's layout
+is :class:`~vitprune.search.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -25,87 +26,131 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitprune.search.config import SearchSpec
 from vitprune.search.plan import Plan, prepare, provenance
 from vitprune.search.preflight import check_cluster, check_spec
 from vitprune.search.rundir import RunDir
-from vitprune.search.trial import REPORTED, run_trial
+from vitprune.search.spec import SearchSpec
+from vitprune.search.trainable import REPORTED, run_trial
 from vitprune.spaces import InputError, Policy, macs, params
 from vitprune.spaces.files import write_text_atomic
 
 log = logging.getLogger("vitprune.search")
 Progress = Callable[[str], None]
+Trainable = Callable[[dict[str, Any], Plan], None]
+
+
+class SearchStateError(RuntimeError):
+    """A lifecycle step was called before the step it depends on."""
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What a search leaves: its run directory, the best feasible trial (one objective) or the
-    feasible Pareto front (several), timings."""
+    feasible Pareto front (several), how many trials completed, timings."""
 
     run_dir: Path
     best: dict[str, Any] | None
     front: list[dict[str, Any]] | None
+    completed: int
+    trials: int
     wall_s: float
     suggest_s: float
-    trials: int
 
 
-def search(
-    spec: SearchSpec,
-    *,
-    run_dir: Path,
-    resume: bool = False,
-    address: str | None = None,
-    progress: Progress = log.info,
-    trainable: Callable[[dict[str, Any], Plan], None] = run_trial,
-) -> Outcome:
-    """Run (or resume) the search described by ``spec`` in ``run_dir``.
+class Search:
+    """A search over pruning policies, in lifecycle order: check → prepare → run_trials → finish.
 
     Args:
         spec: the validated search spec.
         run_dir: where the run's files go (see :class:`RunDir`).
-        resume: finish the interrupted search in ``run_dir`` (same spec), none lost, none twice.
-        address: a Ray cluster to join (``"auto"`` or ``HOST:PORT``); default: start a private one.
+        address: a Ray cluster to join (``"auto"`` or ``HOST:PORT``); default: a private local Ray.
         progress: where progress lines go.
-        trainable: the trial function (tests wrap :func:`run_trial` to inject failures).
-
-    Raises:
-        InputError: a check failed; nothing was written (a new search creates no run directory).
     """
-    from ray import tune
 
-    from vitprune.search import AxSearcher, resume_search, run_search
-    from vitprune.search.progress import ProgressCallback
+    def __init__(
+        self,
+        spec: SearchSpec,
+        *,
+        run_dir: str | os.PathLike[str],
+        address: str | None = None,
+        progress: Progress = log.info,
+    ) -> None:
+        self.spec = spec
+        self.run_dir = RunDir(Path(run_dir))
+        self.address = address
+        self.progress = progress
+        self.plan: Plan | None = None
+        self._resuming = False
+        self._checked = False
+        self._result: Any = None
 
-    _quiet_third_party()
-    run = RunDir(run_dir)
-    if resume:
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | os.PathLike[str],
+        *,
+        spec: SearchSpec | None = None,
+        address: str | None = None,
+        progress: Progress = log.info,
+    ) -> Search:
+        """The interrupted search in ``run_dir``, prepared as it was; with ``spec``, raise unless
+        it is the spec the search started with. :meth:`run` finishes its planned trials."""
+        run = RunDir(Path(run_dir))
         plan = Plan.load(run, spec=spec)
-    else:
-        run.check_new()
-        check_spec(spec)
-    connect(address)
-    check_cluster(spec)
-    run.root.mkdir(parents=True, exist_ok=True)
-    with _log_file(run):
-        if not resume:
-            write_text_atomic(run.spec, spec.model_dump_json(indent=2))
-            plan = prepare(spec, run, progress=progress)
-            plan.save()
-        trainable_with_plan = tune.with_parameters(trainable, plan=plan)
-        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-        if resume:
-            result = resume_search(run.tune_experiment, trainable_with_plan, resources=resources)
-        else:
+        search = cls(plan.spec, run_dir=run.root, address=address, progress=progress)
+        search.plan, search._resuming = plan, True
+        return search
+
+    # -------------------------------------------------------------------- lifecycle
+    def check(self) -> None:
+        """Everything that can be checked before any work; writes nothing (see ``preflight``)."""
+        _quiet_third_party()
+        if not self._resuming:
+            self.run_dir.check_new()
+            check_spec(self.spec)
+        connect(self.address)
+        check_cluster(self.spec)
+        self._checked = True
+
+    def prepare(self) -> Plan:
+        """Create the run directory; train or load the dense model, score the criteria, fit the
+        latency model (latency budgets): the :class:`Plan` every trial shares."""
+        if not self._checked:
+            raise SearchStateError("prepare: the search is not checked yet; call check() first")
+        if self.plan is None:
+            run = self.run_dir
+            run.root.mkdir(parents=True, exist_ok=True)
+            with _log_file(run):
+                write_text_atomic(run.spec, self.spec.model_dump_json(indent=2))
+                self.plan = prepare(self.spec, run, progress=self.progress)
+                self.plan.save()
+        return self.plan
+
+    def run_trials(self, trainable: Trainable = run_trial) -> None:
+        """Run every planned trial on Ray Tune (or, resumed, the ones not yet run).
+
+        Args:
+            trainable: the trial function (tests wrap :func:`run_trial` to inject failures).
+        """
+        from ray import tune
+
+        from vitprune.search.events import TrialEvents
+        from vitprune.search.runner import resume_tune, run_tune
+        from vitprune.search.searcher import AxSearcher
+
+        if self.plan is None or not self._checked:
+            raise SearchStateError("run_trials: the search is not prepared; call check() and prepare() first")
+        plan, spec, run = self.plan, self.spec, self.run_dir
+        with _log_file(run):
+            trainable_with_plan = tune.with_parameters(trainable, plan=plan)
+            resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+            if self._resuming:
+                self._result = resume_tune(run.tune_experiment, trainable_with_plan, resources=resources)
+                return
             searcher = AxSearcher(
                 _optimizer(plan), max_trials=spec.trials.total, snapshot_path=run.experiment
             )
-            callback = ProgressCallback(
-                total=spec.trials.total,
-                concurrent=spec.trials.concurrent,
-                feasible_latency_ms=plan.budget.limit if plan.budget.metric == "latency_ms" else None,
-            )
-            result = run_search(
+            self._result = run_tune(
                 trainable_with_plan,
                 searcher,
                 storage_path=run.tune,
@@ -114,19 +159,34 @@ def search(
                 resources=resources,
                 max_failures=spec.trials.max_failures,
                 scheduler=_scheduler(spec),
-                callbacks=[callback],
+                callbacks=[TrialEvents(run)],
                 reuse_actors=True,
                 verbose=0,
             )
-        best, front = finalize(run, result.optimizer, plan)
-    return Outcome(
-        run_dir=run.root,
-        best=best,
-        front=front,
-        wall_s=result.wall_s,
-        suggest_s=result.suggest_s,
-        trials=result.optimizer.num_trials,
-    )
+
+    def finish(self) -> Outcome:
+        """Write ``trials.csv`` and the best trial (or the Pareto front) with its model."""
+        if self._result is None or self.plan is None:
+            raise SearchStateError("finish: no trials have run in this session; call run_trials() first")
+        optimizer = self._result.optimizer
+        with _log_file(self.run_dir):
+            best, front, completed = finalize(self.run_dir, optimizer, self.plan)
+        return Outcome(
+            run_dir=self.run_dir.root,
+            best=best,
+            front=front,
+            completed=completed,
+            trials=optimizer.num_trials,
+            wall_s=self._result.wall_s,
+            suggest_s=self._result.suggest_s,
+        )
+
+    def run(self, trainable: Trainable = run_trial) -> Outcome:
+        """check → prepare → run_trials → finish."""
+        self.check()
+        self.prepare()
+        self.run_trials(trainable)
+        return self.finish()
 
 
 def connect(address: str | None) -> None:
@@ -188,7 +248,7 @@ def storage_url(spec: SearchSpec, run: RunDir) -> str | None:
 
 def finalize(
     run: RunDir, optimizer: Any, plan: Plan
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None, int]:
     """Write ``trials.csv``, then the best feasible trial (``best_policy.json``, ``best_model/``) or,
     for a Pareto objective, the feasible front (``pareto_front.json``, ``pareto_front/NNNN/``)."""
     from vitprune.search.records import NoFeasibleTrialError
@@ -196,10 +256,11 @@ def finalize(
 
     rows = write_trials_csv(run, optimizer.trials(), dense=plan.dense_policy)
     _log_landing(rows)
+    completed = sum(row["status"] == "COMPLETED" for row in rows)
     try:
         chosen = optimizer.pareto_frontier() if optimizer.multi_objective else [optimizer.best()]
     except NoFeasibleTrialError:
-        return None, [] if optimizer.multi_objective else None
+        return None, ([] if optimizer.multi_objective else None), completed
     documents = [trial_document(run, point.index, plan) for point in chosen]
     if optimizer.multi_objective:
         front = {
@@ -210,14 +271,14 @@ def finalize(
         }
         write_text_atomic(run.pareto_front, json.dumps(front, indent=2))
         _replace_tree(run.pareto_models, {f"{d['trial']:04d}": run.trial(d["trial"]) for d in documents})
-        return None, documents
+        return None, documents, completed
     (best,) = documents
     write_text_atomic(
         run.best_policy,
         json.dumps({"format": "vitprune.best/1", **best, "provenance": provenance(plan)}, indent=2),
     )
     _replace_tree(run.best_model, run.trial(best["trial"]))
-    return best, None
+    return best, None, completed
 
 
 def trial_document(run: RunDir, index: int, plan: Plan) -> dict[str, Any]:
@@ -272,7 +333,10 @@ def _log_landing(rows: list[dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def _log_file(run: RunDir) -> Iterator[None]:
-    """The search logger also writes ``search.log`` while the search runs."""
+    """The search logger also writes ``search.log`` while a step runs."""
+    if any(getattr(h, "baseFilename", None) == str(run.search_log) for h in log.handlers):
+        yield
+        return
     handler = logging.FileHandler(run.search_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)

@@ -25,7 +25,8 @@ from vitprune.evaluators.io import save_pruned
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.trial import TrialContext, evaluate_policy
 from vitprune.search.plan import Plan
-from vitprune.search.report import TRIAL_KEY, final_result
+from vitprune.search.report import TRIAL_KEY, failed_result, final_result
+from vitprune.spaces.errors import one_line
 from vitprune.spaces.files import write_text_atomic
 from vitprune.spaces.space import decode
 
@@ -64,11 +65,33 @@ def _finished_result(directory: Path, point: dict[str, float]) -> dict[str, Any]
     return saved
 
 
+# Failures worth another attempt: the same trial may fit once memory is free. A node or worker
+# that dies never reaches the trainable; Tune retries those too (trials.max_failures).
+RETRIED = (torch.OutOfMemoryError, MemoryError)
+
+
 def run_trial(config: dict[str, Any], plan: Plan) -> None:
-    """Tune function trainable: ``config`` is the point (floats in [0, 1]) plus its Ax index."""
+    """Tune function trainable: ``config`` is the point (floats in [0, 1]) plus its Ax index.
+
+    A deterministic failure (a NaN loss, a policy the model cannot take, a bad image) is reported
+    as the trial's final result, with its type and message, so Tune does not run it again; out of
+    memory is raised, and Tune retries it.
+    """
+    index = int(config[TRIAL_KEY])
+    try:
+        _run_trial(config, plan, index)
+    except RETRIED:
+        raise
+    except Exception as error:
+        reason = f"{type(error).__name__}: {one_line(error)}".rstrip(": ")
+        log.warning("trial %d failed: %s", index, reason)
+        write_text_atomic(plan.run.trial(index) / "error.txt", reason + "\n")
+        tune.report(failed_result(reason))
+
+
+def _run_trial(config: dict[str, Any], plan: Plan, index: int) -> None:
     spec = plan.spec
     torch.set_num_threads(max(1, int(spec.resources.cpu)))  # never more threads than cores granted
-    index = int(config[TRIAL_KEY])
     point = {name: float(config[name]) for name in plan.parameters}
     directory = plan.run.trial(index)
     finished = _finished_result(directory, point)

@@ -41,9 +41,11 @@ class _ConsoleHandler(logging.Handler):
         console.print(f"[{style}]{stamp}[/] {record.getMessage()}", markup=True, highlight=False)
 
 
-def cmd_search(args: argparse.Namespace) -> None:
-    from vitprune.search.config import load_spec
-    from vitprune.search.run import search
+def cmd_search(args: argparse.Namespace) -> int:
+    """Exit status 0 with a result, 1 when no trial completed or none is feasible (the reasons are
+    in trials.csv), 2 for bad input, 130 when interrupted."""
+    from vitprune.search.lifecycle import Search
+    from vitprune.search.spec import load_spec
 
     spec, _ = load_spec(args.config)
     if args.smoke_test:
@@ -54,13 +56,22 @@ def cmd_search(args: argparse.Namespace) -> None:
     _log_to_console()
     log = logging.getLogger("vitprune.search")
     log.info("%s %s → %s", "resuming" if args.resume else "search", args.config, run_dir)
-    outcome = search(spec, run_dir=run_dir, resume=args.resume, address=args.address, progress=log.info)
+    if args.resume:
+        search = Search.resume(run_dir, spec=spec, address=args.address, progress=log.info)
+    else:
+        search = Search(spec, run_dir=run_dir, address=args.address, progress=log.info)
+    outcome = search.run()
+    if outcome.completed == 0:
+        console.print(f"no trial completed (exit status 1); the reasons are in {run_dir / 'trials.csv'}")
+        return 1
     if outcome.front is not None:
         _print_front(outcome.front, run_dir)
-        return
+        return 0 if outcome.front else 1
     if outcome.best is None:
-        console.print(f"no feasible trial completed; see {run_dir / 'trials.csv'}")
-        return
+        console.print(
+            f"no completed trial meets the constraints (exit status 1); see {run_dir / 'trials.csv'}"
+        )
+        return 1
     best = outcome.best
     metrics = best["metrics"]
     latency = f", latency {metrics['latency_ms']:.2f} ms" if "latency_ms" in metrics else ""
@@ -70,11 +81,14 @@ def cmd_search(args: argparse.Namespace) -> None:
         f"search-val accuracy {metrics['accuracy']:.4f} at {best['ratios']['macs']:.1%} of dense MACs, "
         f"{best['ratios']['params']:.1%} of dense params{latency}"
     )
+    return 0
 
 
 def _print_front(front: list[dict[str, Any]], run_dir: Path) -> None:
     if not front:
-        console.print(f"no feasible trial completed; see {run_dir / 'trials.csv'}")
+        console.print(
+            f"no completed trial meets the constraints (exit status 1); see {run_dir / 'trials.csv'}"
+        )
         return
     console.print(
         f"Pareto front: {len(front)} trials in {run_dir / 'pareto_front.json'}, models in "
@@ -112,30 +126,55 @@ def _trial_source(run: RunDir, trial: int | None) -> tuple[Path, int]:
 def cmd_export(args: argparse.Namespace) -> None:
     from vitprune.evaluators.data import load_data
     from vitprune.evaluators.dense import load_dense
-    from vitprune.evaluators.finetune import finetune
     from vitprune.evaluators.io import load_pruned, save_pruned
-    from vitprune.evaluators.measure import accuracy
-    from vitprune.search.config import SearchSpec
-    from vitprune.spaces import Policy, macs, params
+    from vitprune.evaluators.trial import evaluate
+    from vitprune.search.spec import SearchSpec
 
     run = RunDir(args.run_dir)
     run.check_search()
     spec = SearchSpec.model_validate_json(run.spec.read_text())
     source, trial = _trial_source(run, args.trial)
     model, policy = load_pruned(source)
-    data = load_data(spec.data, policy.base)
+    teacher, _ = load_dense(None, checkpoint=run.dense)
+    if args.finetune_epochs:
+        console.print(f"fine-tuning trial {trial} for {args.finetune_epochs} epochs …")
+    result = evaluate(
+        model,
+        policy,
+        data=load_data(spec.data, policy.base),
+        teacher=teacher,
+        finetune_config=(
+            spec.finetune.model_copy(update={"epochs": args.finetune_epochs, "steps": None})
+            if args.finetune_epochs
+            else None
+        ),
+        latency_config=spec.budget.latency,
+        splits=("search-val", "test"),
+        compare_dense=True,
+        device=spec.budget.device,
+    )
+    m = result.metrics
     report: dict[str, Any] = {"trial": trial, "source": str(source)}
     if args.finetune_epochs:
-        teacher, _ = load_dense(None, checkpoint=run.dense)
-        config = spec.finetune.model_copy(update={"epochs": args.finetune_epochs, "steps": None})
-        console.print(f"fine-tuning trial {trial} for {args.finetune_epochs} epochs …")
-        report["finetune_seconds"] = finetune(model, data=data, config=config, teacher=teacher).seconds
-    report["search_val_accuracy"] = accuracy(model, data.eval_loader("search-val")).top1
-    report["test_accuracy"] = accuracy(model, data.eval_loader("test")).top1
-    dense = Policy.keep_all(policy.base)
-    report |= {"macs_ratio": macs(policy) / macs(dense), "params_ratio": params(policy) / params(dense)}
-    save_pruned(model, policy, args.out)
+        report["finetune_seconds"] = m["finetune_seconds"]
+    report |= {
+        "search_val_accuracy": m["search_val_accuracy"],
+        "test_accuracy": m["test_accuracy"],
+        "dense_test_accuracy": m["dense_test_accuracy"],
+        "macs_ratio": m["macs_ratio"],
+        "params_ratio": m["params_ratio"],
+        "latency_ms": m["latency_ms"],
+        "dense_latency_ms": m["dense_latency_ms"],
+        "latency_ratio": m["latency_ratio"],
+        "latency": {"batch_size": spec.budget.batch_size, "dtype": spec.budget.dtype},
+    }
+    save_pruned(result.model.cpu(), policy, args.out)
     report["out"] = str(args.out)
+    console.print(
+        f"trial {trial}: test accuracy {m['test_accuracy']:.4f} (dense {m['dense_test_accuracy']:.4f}), "
+        f"{m['macs_ratio']:.1%} of dense MACs, latency {m['latency_ratio']:.2f}× dense "
+        f"({m['latency_ms']:.2f} ms against {m['dense_latency_ms']:.2f} ms at batch {spec.budget.batch_size})"
+    )
     print(json.dumps(report, indent=2))
 
 

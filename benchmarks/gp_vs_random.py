@@ -2,9 +2,9 @@
 seeds: best search-val accuracy, the best policy's test accuracy, wall time and the optimiser's
 share of it.
 
-    python benchmarks/search.py                     # 3 seeds × {gp_ei, random}, search.yaml
-    python benchmarks/search.py --seeds 5 --config search.yaml
-    python benchmarks/search.py --budget-macs 25%   # a budget where the policy matters more
+    python benchmarks/gp_vs_random.py                     # 3 seeds × {gp_ei, random}, search.yaml
+    python benchmarks/gp_vs_random.py --seeds 5 --config search.yaml
+    python benchmarks/gp_vs_random.py --budget-macs 25%   # a budget where the policy matters more
 
 The dense model is trained once (cached) before the timed runs. Prints a Markdown table.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 from vitprune.evaluators.io import load_pruned
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.trial import cached_context
-from vitprune.search.config import load_spec
-from vitprune.search.run import search
+from vitprune.search.lifecycle import Search
+from vitprune.search.spec import load_spec
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
                     update={"seed": seed, "generation": spec.generation.model_copy(update={"method": method})}
                 )
                 run_dir = Path(scratch) / f"{method}-{seed}"
-                outcome = search(run_spec, run_dir=run_dir, progress=lambda line: None)
+                outcome = Search(run_spec, run_dir=run_dir, progress=lambda line: None).run()
                 best = json.loads((run_dir / "best_policy.json").read_text())
                 model, _ = load_pruned(run_dir / "best_model")
                 test = accuracy(model, test_loader).top1

@@ -1,6 +1,6 @@
 """The optimiser's own cost on the machine at hand: seconds per suggestion, share of a search.
 
-    python -m vitprune.search.benchmark --params 10 50 --observed 10 100 \
+    python benchmarks/suggestion_cost.py --params 10 50 --observed 10 100 \
         --budgets 20:1024 4:256 --threads 1 2 --repeats 3 > suggest.jsonl
 
 For every combination, a fresh ``Optimizer`` (same seed, hence the same data) completes
@@ -9,7 +9,7 @@ latency-budget search), then times ``repeats`` GP suggestions of one trial each,
 before the next. One JSON line per combination goes to stdout, with the median and the
 1-minute load average before and after (the cores may be shared).
 
-    python -m vitprune.search.benchmark --loop --params 12 --trials 20 --observed 8 \
+    python benchmarks/suggestion_cost.py --loop --params 12 --trials 20 --observed 8 \
         --trial-seconds 15 --concurrency 2
 
 runs the real Ray Tune + Ax loop instead, with trials that keep one core busy for
@@ -102,7 +102,7 @@ def time_search_loop(
     """Share of a real search's wall time that the driver spends in Ax."""
     import ray
 
-    from vitprune.search import AxSearcher, GenerationConfig, Optimizer, run_search
+    from vitprune.search import AxSearcher, GenerationConfig, Optimizer, run_tune
 
     optimizer = Optimizer()
     optimizer.configure(
@@ -115,7 +115,7 @@ def time_search_loop(
     ray.init(num_cpus=concurrency, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as storage:
-            run = run_search(
+            run = run_tune(
                 _busy_trainable(trial_seconds),
                 searcher,
                 storage_path=storage,
