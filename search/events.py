@@ -9,9 +9,12 @@ trial's ``error.txt``, which ``trials.csv`` shows as the reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
 from typing import Any
 
+from ray import cloudpickle
 from ray.tune import Callback
 
 from vitprune.search.report import TRIAL_KEY
@@ -47,8 +50,14 @@ class TrialEvents(Callback):
 
 
 def error_line(trial: Any) -> str:
-    """``Type: message`` of the exception a Tune trial raised, from Tune's error record."""
-    error = trial.get_pickled_error()
+    """``Type: message`` of the exception a Tune trial raised, from the error Tune just recorded
+    in the trial's local folder (its storage copy is synced later)."""
+    error = None
+    with (
+        contextlib.suppress(OSError, TypeError, EOFError, pickle.UnpicklingError),
+        open(trial.pickled_error_file, "rb") as handle,
+    ):
+        error = cloudpickle.load(handle)
     if error is None:
         return "failed (no error recorded)"
     cause = getattr(error, "cause", None) or error  # RayTaskError wraps the trainable's exception

@@ -339,11 +339,14 @@ def _log_file(run: RunDir) -> Iterator[None]:
         return
     handler = logging.FileHandler(run.search_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    level = log.level
+    log.setLevel(min(level or logging.INFO, logging.INFO))  # progress lines reach the file
     log.addHandler(handler)
     try:
         yield
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
         handler.close()
 
 

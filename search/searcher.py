@@ -166,6 +166,7 @@ class AxSearcher(Searcher):
         elif error:
             optimizer.fail(index, f"Tune trial {trial_id} raised after its retries (see its error.txt)")
         elif result and result.get(FINAL_KEY) is True and result.get(FAILED_KEY):
+            logger.warning("trial %d failed: %s", index, result[FAILED_KEY])
             optimizer.fail(index, str(result[FAILED_KEY]))
         elif not result:
             optimizer.abandon(index, "stopped before it reported anything")
