@@ -48,6 +48,9 @@ from vitprune.search.records import (
     Suggestion,
     SuggestionTiming,
     TrialRecord,
+    floats,
+    means,
+    trial_records,
 )
 from vitprune.spaces.files import write_text_atomic
 
@@ -239,7 +242,7 @@ class Optimizer:
             raise NoFeasibleTrialError(
                 "best: no completed trial satisfies the outcome constraints"
             ) from error
-        return BestPoint(index=index, parameters=_floats(parameters), metrics=_means(metrics))
+        return BestPoint(index=index, parameters=floats(parameters), metrics=means(metrics))
 
     def pareto_frontier(self) -> list[BestPoint]:
         """Ax's feasible Pareto-optimal trials by observed values (Pareto objective)."""
@@ -250,7 +253,7 @@ class Optimizer:
             raise NoFeasibleTrialError("pareto_frontier: no trial has completed yet")
         with self._torch_threads_set():
             frontier = client.get_pareto_frontier(use_model_predictions=False)
-        points = [BestPoint(index=i, parameters=_floats(p), metrics=_means(m)) for p, m, i, _ in frontier]
+        points = [BestPoint(index=i, parameters=floats(p), metrics=means(m)) for p, m, i, _ in frontier]
         return sorted(points, key=lambda point: point.index)
 
     # -------------------------------------------------------------------- inspect
@@ -287,37 +290,11 @@ class Optimizer:
         return self._experiment.trials[index].status.name
 
     def parameters(self, index: int) -> dict[str, float]:
-        return _floats(self._experiment.trials[index].arm.parameters)
+        return floats(self._experiment.trials[index].arm.parameters)
 
     def trials(self) -> list[TrialRecord]:
         """Every trial in index order, with the generator that proposed it."""
-        experiment = self._experiment
-        observed: dict[int, dict[str, float]] = {}
-        for row in experiment.lookup_data().df.itertuples():
-            observed.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
-        records = []
-        for index, trial in sorted(experiment.trials.items()):
-            run = trial.generator_runs[0]
-            node, generator, kwargs = ax_adapter.generator_run_info(run)
-            acquisition = kwargs.get("botorch_acqf_class")
-            spec = kwargs.get("surrogate_spec")
-            model = spec.model_configs[0].botorch_model_class if spec is not None else None
-            records.append(
-                TrialRecord(
-                    index=index,
-                    status=trial.status.name,
-                    parameters=_floats(trial.arm.parameters),
-                    metrics=observed.get(index, {}),
-                    node=node or "?",
-                    generator=generator or "?",
-                    model=model.__name__ if model is not None else None,
-                    acquisition=acquisition.__name__ if acquisition is not None else None,
-                    reason=trial.status_reason,
-                    fit_s=float(run.fit_time or 0.0),
-                    gen_s=float(run.gen_time or 0.0),
-                )
-            )
-        return records
+        return trial_records(self._experiment)
 
     def model_training_trials(self) -> set[int]:
         """Trials whose data the most recently fitted model trained on (empty before any fit)."""
@@ -457,12 +434,3 @@ class Optimizer:
             yield
         finally:
             torch.set_num_threads(previous)
-
-
-def _floats(parameters: Mapping[str, Any]) -> dict[str, float]:
-    return {name: float(value) for name, value in parameters.items()}
-
-
-def _means(outcome: Mapping[str, Any]) -> dict[str, float]:
-    """Ax outcomes map a metric to ``(mean, sem)`` or to a mean: keep the mean."""
-    return {name: float(v[0] if isinstance(v, tuple) else v) for name, v in outcome.items()}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class OptimizerStateError(RuntimeError):
@@ -90,3 +91,44 @@ class BestPoint:
     index: int
     parameters: dict[str, float]
     metrics: dict[str, float]
+
+
+def trial_records(experiment: Any) -> list[TrialRecord]:
+    """Every trial of an Ax ``Experiment`` in index order, with the generator that proposed it."""
+    from vitprune.search import ax_adapter
+
+    observed: dict[int, dict[str, float]] = {}
+    for row in experiment.lookup_data().df.itertuples():
+        observed.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
+    records = []
+    for index, trial in sorted(experiment.trials.items()):
+        run = trial.generator_runs[0]
+        node, generator, kwargs = ax_adapter.generator_run_info(run)
+        acquisition = kwargs.get("botorch_acqf_class")
+        spec = kwargs.get("surrogate_spec")
+        model = spec.model_configs[0].botorch_model_class if spec is not None else None
+        records.append(
+            TrialRecord(
+                index=index,
+                status=trial.status.name,
+                parameters=floats(trial.arm.parameters),
+                metrics=observed.get(index, {}),
+                node=node or "?",
+                generator=generator or "?",
+                model=model.__name__ if model is not None else None,
+                acquisition=acquisition.__name__ if acquisition is not None else None,
+                reason=trial.status_reason,
+                fit_s=float(run.fit_time or 0.0),
+                gen_s=float(run.gen_time or 0.0),
+            )
+        )
+    return records
+
+
+def floats(parameters: Mapping[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in parameters.items()}
+
+
+def means(outcome: Mapping[str, Any]) -> dict[str, float]:
+    """Ax outcomes map a metric to ``(mean, sem)`` or to a mean: keep the mean."""
+    return {name: float(v[0] if isinstance(v, tuple) else v) for name, v in outcome.items()}

@@ -97,6 +97,7 @@ def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
     hints = [r for r in caplog.records if r.name == "vitprune.search.searcher" and r.levelname == "WARNING"]
     assert [r.getMessage().split(":")[0] for r in hints] == [
         "Ax trial 1 abandoned",  # the missing-flag hint, once
+        "trial 5 failed",  # a deterministic failure is logged with its reason
         "Tune trial t3 has no running Ax trial (ended already?)",
     ]
 

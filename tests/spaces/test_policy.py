@@ -10,7 +10,7 @@ import pytest
 from helpers import TINY_MODELS, random_policy, tiny_model
 
 from vitprune.spaces import LayerPolicy, Policy, PolicyError
-from vitprune.spaces.policy import json_schema
+from vitprune.spaces.policy_json import json_schema
 
 
 @pytest.fixture(scope="module")
