@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch import nn
 from vitprune.evaluators.config import DataConfig, DenseTrainingConfig, FinetuneConfig, ModelConfig
 from vitprune.evaluators.data import DataSplits, load_data, num_classes
 from vitprune.evaluators.describe import create_dense, describe
-from vitprune.evaluators.finetune import finetune
+from vitprune.evaluators.finetune import EpochMetrics, finetune
 from vitprune.evaluators.io import POLICY_FILE, load_pruned, read_policy, read_state_dict, save_pruned
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.surgery import apply_policy, dense_state_dict
@@ -169,6 +170,7 @@ def prepare_dense(
     training: DenseTrainingConfig,
     *,
     cache_dir: Path | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> tuple[DenseModel, DataSplits]:
     """Load, or train once and cache, the dense model for ``data_config``; returns it with the data.
 
@@ -223,6 +225,7 @@ def prepare_dense(
             kd=None,
             seed=training.seed,
         ),
+        on_epoch=on_epoch,
     )
     test = accuracy(model, data.eval_loader("test")).top1
     keep_all = Policy.keep_all(base)

@@ -172,8 +172,9 @@ def measure_tables(
     align: int,
     warmup: int,
     repeats: int,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Table]:
-    """Measure every op table of ``base`` on its grid."""
+    """Measure every op table of ``base`` on its grid; ``on_step(done, total)`` after each op."""
     D, B, H = base.embed_dim, batch_size, base.num_heads
     prefix, patches = base.num_prefix_tokens, base.num_patches
     tokens = tuple(sorted({prefix + max(1, round(patches * r)) for r in (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)}))
@@ -183,9 +184,16 @@ def measure_tables(
     heads = tuple(sorted({1, max(1, H // 2), H}))
     dims = _grid(base.head_dim, align)
     dd = {"device": device, "dtype": dtype}
+    total = len(tokens) * (len(expand_widths) + 2 * len(reduce_widths) + len(heads) * len(dims) + 2)
+    done = 0
 
     def timed(run: Callable[[], object]) -> float:
-        return _time(run, device, warmup=warmup, repeats=repeats)
+        nonlocal done
+        value = _time(run, device, warmup=warmup, repeats=repeats)
+        done += 1
+        if on_step is not None:
+            on_step(done, total)
+        return value
 
     def x(n: int, width: int) -> torch.Tensor:
         return torch.randn(B, n, width, **dd)
@@ -239,11 +247,20 @@ def fit_latency_model(
     calibration: Sequence[Policy] = (),
     holdout: Sequence[Policy] = (),
     progress: Callable[[str], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> LatencyModel:
     """Measure the op tables, fit the whole-model correction on ``calibration`` policies, and
-    measure the error on ``holdout`` policies (distinct ones)."""
+    measure the error on ``holdout`` policies (distinct ones). ``on_step(done, total)`` follows the
+    op measurements."""
     tables = measure_tables(
-        base, batch_size=batch_size, device=device, dtype=dtype, align=align, warmup=warmup, repeats=repeats
+        base,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        align=align,
+        warmup=warmup,
+        repeats=repeats,
+        on_step=on_step,
     )
     empty = Policy(
         base=base,

@@ -73,12 +73,18 @@ _CONTEXTS: dict[str, TrialContext] = {}
 
 
 def cached_context(
-    model: ModelConfig, data: DataConfig, dense_training: DenseTrainingConfig, cache_dir: Path | None = None
+    model: ModelConfig,
+    data: DataConfig,
+    dense_training: DenseTrainingConfig,
+    cache_dir: Path | None = None,
+    *,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrialContext:
-    """The context for these configurations, built once per worker process and reused by its trials."""
+    """The context for these configurations, built once per worker process and reused by its trials.
+    ``on_epoch`` follows the dense model's training, when it has to be trained."""
     key = "|".join([model.digest(), data.digest(), dense_training.digest(), str(cache_dir)])
     if key not in _CONTEXTS:
-        dense, splits = prepare_dense(model, data, dense_training, cache_dir=cache_dir)
+        dense, splits = prepare_dense(model, data, dense_training, cache_dir=cache_dir, on_epoch=on_epoch)
         _CONTEXTS[key] = TrialContext(
             dense=dense.model, base=dense.base, data=splits, dense_test_accuracy=dense.test_accuracy
         )

@@ -7,6 +7,7 @@ fast.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -44,6 +45,9 @@ class _ConsoleHandler(logging.Handler):
 def cmd_search(args: argparse.Namespace) -> int:
     """Exit status 0 with a result, 1 when no trial completed or none is feasible (the reasons are
     in trials.csv), 2 for bad input, 130 when interrupted."""
+    from vitprune.search.noise import quiet_third_party
+
+    quiet_third_party()
     from vitprune.search.lifecycle import Search
     from vitprune.search.spec import load_spec
 
@@ -57,9 +61,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     log = logging.getLogger("vitprune.search")
     log.info("%s %s → %s", "resuming" if args.resume else "search", args.config, run_dir)
     if args.resume:
-        search = Search.resume(run_dir, spec=spec, address=args.address, progress=log.info)
+        search = Search.resume(
+            run_dir, spec=spec, address=args.address, progress=log.info, bars=console.is_terminal
+        )
     else:
-        search = Search(spec, run_dir=run_dir, address=args.address, progress=log.info)
+        search = Search(
+            spec, run_dir=run_dir, address=args.address, progress=log.info, bars=console.is_terminal
+        )
     outcome = search.run()
     if outcome.completed == 0:
         console.print(f"no trial completed (exit status 1); the reasons are in {run_dir / 'trials.csv'}")
@@ -124,6 +132,9 @@ def _trial_source(run: RunDir, trial: int | None) -> tuple[Path, int]:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from vitprune.search.noise import quiet_third_party
+
+    quiet_third_party()
     from vitprune.evaluators.data import load_data
     from vitprune.evaluators.dense import load_dense
     from vitprune.evaluators.io import load_pruned, save_pruned
@@ -134,6 +145,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     run.check_search()
     spec = SearchSpec.model_validate_json(run.spec.read_text())
     source, trial = _trial_source(run, args.trial)
+    if args.onnx and importlib.util.find_spec("onnxruntime") is None:  # before any work
+        raise InputError("--onnx: needs onnx and onnxruntime: pip install 'vitprune[onnx]'")
     model, policy = load_pruned(source)
     teacher, _ = load_dense(None, checkpoint=run.dense)
     if args.finetune_epochs:
@@ -170,6 +183,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     }
     save_pruned(result.model.cpu(), policy, args.out)
     report["out"] = str(args.out)
+    if args.onnx:
+        from vitprune.evaluators.export import export_onnx
+
+        report["onnx"] = str(args.out / "model.onnx")
+        report["onnx_max_abs_error"] = export_onnx(result.model, policy, args.out / "model.onnx")
+        console.print(
+            f"wrote {report['onnx']} (onnxruntime agrees with PyTorch to {report['onnx_max_abs_error']:.1e})"
+        )
     console.print(
         f"trial {trial}: test accuracy {m['test_accuracy']:.4f} (dense {m['dense_test_accuracy']:.4f}), "
         f"{m['macs_ratio']:.1%} of dense MACs, latency {m['latency_ratio']:.2f}× dense "
@@ -179,39 +200,46 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
+    from vitprune.search.noise import quiet_third_party
+
+    quiet_third_party()  # before Ax's storage module announces itself
     from vitprune.search.optimizer import Optimizer
     from vitprune.search.records import NoFeasibleTrialError
     from vitprune.search.tables import trial_rows
     from vitprune.spaces import Policy
 
     run = RunDir(args.run_dir)
+    run.check_search()
+    phase = _read_json(run.phase) or {}
+    progress = _read_json(run.progress) or {}
     if not run.experiment.exists():
-        raise InputError(
-            f"{run.root}: no experiment.json yet (not a search run directory, or no trial ended)"
-        )
+        done, total = phase.get("done"), phase.get("total")
+        steps = f" ({done}/{total} {phase.get('unit', '')})" if total else ""
+        console.print(f"{run.root.name}: {phase.get('phase') or 'starting'}{steps}; no trial has ended yet")
+        return
     optimizer = Optimizer.restore(run.experiment)
     dense = Policy.from_json((run.dense / "policy.json").read_text())
-    rows = trial_rows(run, optimizer.trials(), dense=dense)
-    table = Table(title=f"{run.root.name}: {len(rows)} trials")
-    columns = (
-        "trial",
-        "status",
-        "node",
-        "accuracy",
-        "macs_ratio",
-        "params_ratio",
-        "latency_ms",
-        "finetune_seconds",
-    )
-    for column in columns:
-        table.add_column(column, justify="right" if column not in ("status", "node") else "left")
-    for row in rows:
-        table.add_row(*(_cell(row.get(column)) for column in columns))
-    Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped: no truncated cells
+    rows = {row["trial"]: row for row in trial_rows(run, optimizer.trials(), dense=dense)}
+    for index in progress.get("running", []):  # started after the last snapshot, or still RUNNING in it
+        rows.setdefault(index, {"trial": index})["status"] = "RUNNING"
+    table = Table(title=f"{run.root.name}: {len(rows)} of {progress.get('planned', len(rows))} trials")
+    for column in STATUS_COLUMNS:
+        table.add_column(column, justify="left" if column in ("status", "node", "reason") else "right")
+    for index in sorted(rows):
+        table.add_row(*(_cell(rows[index].get(column)) for column in STATUS_COLUMNS))
+    Console(width=None if sys.stdout.isatty() else 240).print(table)  # piped: no truncated cells
+    if progress:
+        eta = progress.get("eta_s")
+        counts = (
+            f"{progress['completed']} completed, {progress['failed']} failed, "
+            f"{len(progress['running'])} running of {progress['planned']} planned"
+        )
+        eta_text = f"; ETA {eta:.0f} s" if eta is not None and phase.get("phase") == "trials" else ""
+        suggest = f"; {progress.get('suggest_s', 0):.1f} s suggesting"
+        console.print(f"{phase.get('phase', 'trials')}: {counts}{eta_text}{suggest}")
     try:
         if optimizer.multi_objective:
-            front = optimizer.pareto_frontier()
-            trials = ", ".join(str(point.index) for point in front)
+            trials = ", ".join(str(point.index) for point in optimizer.pareto_frontier())
             console.print(f"Pareto front so far (accuracy, -latency_ms): trials {trials}")
         else:
             best = optimizer.best()
@@ -220,6 +248,34 @@ def cmd_status(args: argparse.Namespace) -> None:
             )
     except NoFeasibleTrialError:
         console.print("no feasible trial has completed yet")
+
+
+# The trial table of `vitprune status`: outcome, cost, and the decoded structure (trials.csv has all).
+STATUS_COLUMNS = (
+    "trial",
+    "status",
+    "node",
+    "accuracy",
+    "macs_ratio",
+    "params_ratio",
+    "latency_ms",
+    "heads",
+    "qk_dim",
+    "v_dim",
+    "mlp_ratio",
+    "tokens_final",
+    "attn_removed",
+    "act_removed",
+    "finetune_seconds",
+    "reason",
+)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _cell(value: Any) -> str:
@@ -263,6 +319,9 @@ def _trial_index(text: str) -> int:
     return value
 
 
+RUN_DIR_HELP = "a search's run directory (runs/<name>, or the --run-dir the search was given)"
+
+
 def add_commands(commands: Any) -> None:
     p = commands.add_parser("search", help="GP-EI search over pruning policies on Ray Tune")
     p.add_argument(
@@ -279,21 +338,34 @@ def add_commands(commands: Any) -> None:
     p = commands.add_parser(
         "export", help="the best (or a chosen) trial's policy and model, with test accuracy"
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     p.add_argument(
         "--trial", type=_trial_index, metavar="N", help="Ax trial index (default: the best feasible)"
     )
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune longer first")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where the model goes: policy.json + model.safetensors (vitprune.load_pruned reads it)",
+    )
+    p.add_argument(
+        "--finetune-epochs", type=_trial_index, default=0, metavar="N", help="fine-tune longer first"
+    )
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write DIR/model.onnx, checked against onnxruntime (pip install 'vitprune[onnx]')",
+    )
     p.set_defaults(func=cmd_export)
 
-    p = commands.add_parser("status", help="the trial table of a run and the best so far")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = commands.add_parser("status", help="the trial table of a run (running ones too) and the best so far")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     p.set_defaults(func=cmd_status)
 
-    p = commands.add_parser("dashboard", help="serve a live page of Ax analysis cards for a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--port", type=_port, default=8050, help="TCP port (default: 8050)")
+    p = commands.add_parser("dashboard", help="serve a live page of a run on http://localhost:8050")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    p.add_argument("--port", type=_port, default=8050, help="TCP port to serve the page on (default: 8050)")
     p.add_argument(
         "--host",
         default="127.0.0.1",

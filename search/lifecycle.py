@@ -20,12 +20,13 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitprune.search.monitor import Monitor
+from vitprune.search.noise import quiet_third_party
 from vitprune.search.plan import Plan, prepare, provenance
 from vitprune.search.preflight import check_cluster, check_spec
 from vitprune.search.rundir import RunDir
@@ -65,6 +66,8 @@ class Search:
         run_dir: where the run's files go (see :class:`RunDir`).
         address: a Ray cluster to join (``"auto"`` or ``HOST:PORT``); default: a private local Ray.
         progress: where progress lines go.
+        bars: show progress bars for the dense training, the criteria and the latency fit (a
+            terminal); the phase is written to ``phase.json`` either way.
     """
 
     def __init__(
@@ -74,11 +77,13 @@ class Search:
         run_dir: str | os.PathLike[str],
         address: str | None = None,
         progress: Progress = log.info,
+        bars: bool = False,
     ) -> None:
         self.spec = spec
         self.run_dir = RunDir(Path(run_dir))
         self.address = address
         self.progress = progress
+        self.monitor = Monitor(self.run_dir, bars=bars)
         self.plan: Plan | None = None
         self._resuming = False
         self._checked = False
@@ -92,19 +97,20 @@ class Search:
         spec: SearchSpec | None = None,
         address: str | None = None,
         progress: Progress = log.info,
+        bars: bool = False,
     ) -> Search:
         """The interrupted search in ``run_dir``, prepared as it was; with ``spec``, raise unless
         it is the spec the search started with. :meth:`run` finishes its planned trials."""
         run = RunDir(Path(run_dir))
         plan = Plan.load(run, spec=spec)
-        search = cls(plan.spec, run_dir=run.root, address=address, progress=progress)
+        search = cls(plan.spec, run_dir=run.root, address=address, progress=progress, bars=bars)
         search.plan, search._resuming = plan, True
         return search
 
     # -------------------------------------------------------------------- lifecycle
     def check(self) -> None:
         """Everything that can be checked before any work; writes nothing (see ``preflight``)."""
-        _quiet_third_party()
+        quiet_third_party()
         if not self._resuming:
             self.run_dir.check_new()
             check_spec(self.spec)
@@ -122,7 +128,7 @@ class Search:
             run.root.mkdir(parents=True, exist_ok=True)
             with _log_file(run):
                 write_text_atomic(run.spec, self.spec.model_dump_json(indent=2))
-                self.plan = prepare(self.spec, run, progress=self.progress)
+                self.plan = prepare(self.spec, run, progress=self.progress, monitor=self.monitor)
                 self.plan.save()
         return self.plan
 
@@ -141,6 +147,7 @@ class Search:
         if self.plan is None or not self._checked:
             raise SearchStateError("run_trials: the search is not prepared; call check() and prepare() first")
         plan, spec, run = self.plan, self.spec, self.run_dir
+        self.monitor.phase("trials", total=spec.trials.total, unit="trials")
         with _log_file(run):
             trainable_with_plan = tune.with_parameters(trainable, plan=plan)
             resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
@@ -171,6 +178,7 @@ class Search:
         optimizer = self._result.optimizer
         with _log_file(self.run_dir):
             best, front, completed = finalize(self.run_dir, optimizer, self.plan)
+        self.monitor.close("finished")
         return Outcome(
             run_dir=self.run_dir.root,
             best=best,
@@ -184,9 +192,16 @@ class Search:
     def run(self, trainable: Trainable = run_trial) -> Outcome:
         """check → prepare → run_trials → finish."""
         self.check()
-        self.prepare()
-        self.run_trials(trainable)
-        return self.finish()
+        try:
+            self.prepare()
+            self.run_trials(trainable)
+            return self.finish()
+        except KeyboardInterrupt:
+            self.monitor.close("interrupted")
+            raise
+        except BaseException:
+            self.monitor.close("failed")
+            raise
 
 
 def connect(address: str | None) -> None:
@@ -348,19 +363,6 @@ def _log_file(run: RunDir) -> Iterator[None]:
         log.removeHandler(handler)
         log.setLevel(level)
         handler.close()
-
-
-def _quiet_third_party() -> None:
-    """Ax logs every generated trial at INFO and BoTorch, pandas 3 and Ray emit deprecation warnings
-    on every step; vitprune's own progress lines say what matters, and search.log keeps the rest."""
-    from ax.utils.common.logger import set_stderr_log_level
-
-    set_stderr_log_level(logging.ERROR)
-    for module in ("ax", "botorch", "gpytorch", "linear_operator", "pandas", "ray", "torch.jit"):
-        warnings.filterwarnings("ignore", module=module)
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
 def _scheduler(spec: SearchSpec) -> Any:

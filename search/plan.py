@@ -8,6 +8,7 @@ workers as one typed object (through Ray's object store), saved in the run direc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from vitprune.evaluators.latency_model import LatencyModel
+from vitprune.search.monitor import Monitor
 from vitprune.search.rundir import RunDir
 from vitprune.search.spec import SearchSpec
 from vitprune.spaces import Architecture, InputError, Policy, Scores, macs, params
@@ -123,16 +125,21 @@ def cost_function(metric: str, latency_model: LatencyModel | None = None) -> Mea
     return {"macs": macs, "params": params}[metric]
 
 
-def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress) -> Plan:
+def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress, monitor: Monitor | None = None) -> Plan:
     """Train or load the dense model, score the criteria, fit the latency model (latency budgets),
-    and check the budget against the cheapest policy the scores allow."""
+    and check the budget against the cheapest policy the scores allow. ``monitor`` follows each
+    phase step by step (epochs, criteria, latency measurements)."""
+    monitor = monitor or Monitor()
     from vitprune.evaluators.criteria import calibration_batches, scores_by_dimension
     from vitprune.evaluators.io import save_pruned
     from vitprune.evaluators.surgery import apply_policy
     from vitprune.evaluators.trial import cached_context
 
     started = time.perf_counter()
-    context = cached_context(spec.model, spec.data, spec.dense_training)
+    monitor.phase("dense training", total=spec.dense_training.epochs, unit="epochs")
+    context = cached_context(
+        spec.model, spec.data, spec.dense_training, on_epoch=lambda epoch: monitor.advance(epoch.epoch)
+    )
     base, dense = context.base, context.dense
     dense_policy = Policy.keep_all(base)
     progress(f"dense {base.model}: test accuracy {context.dense_test_accuracy:.4f}")
@@ -143,12 +150,16 @@ def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress) -> Plan:
         context.data.calibration_loader(seed=spec.seed), spec.criteria.calibration_batches
     )
     criteria = spec.criteria.by_dimension(sorted(space.dimensions))
-    scores = scores_by_dimension(criteria, dense, base=base, data=batches, cache_dir=run.scores_cache)
+    monitor.phase("criteria", total=len(set(criteria.values())), unit="criteria")
+    scores = scores_by_dimension(
+        criteria, dense, base=base, data=batches, cache_dir=run.scores_cache, progress=monitor.advance
+    )
     progress(f"criteria: {scores.criterion}")
 
     latency_model = None
     if spec.budget.metric == "latency_ms":
-        latency_model, dense_cost = _latency_model(spec, base, scores, progress=progress)
+        monitor.phase("latency model", unit="measurements")
+        latency_model, dense_cost = _latency_model(spec, base, scores, progress=progress, monitor=monitor)
     else:
         dense_cost = cost_function(spec.budget.metric)(dense_policy)
     budget = Budget(spec.budget.metric, spec.budget.limit(dense_cost))
@@ -178,14 +189,23 @@ def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress) -> Plan:
 
 
 def _latency_model(
-    spec: SearchSpec, base: Architecture, scores: Scores, *, progress: Progress
+    spec: SearchSpec, base: Architecture, scores: Scores, *, progress: Progress, monitor: Monitor
 ) -> tuple[LatencyModel, float]:
     """Fit the latency model on the trial device: a Ray task with the trials' own resources (a GPU
-    worker on a cluster whose head has none), so the model describes where trials run."""
+    worker on a cluster whose head has none), so the model describes where trials run. The task
+    streams its progress back through a Ray queue."""
     import ray
+    from ray.util.queue import Empty, Queue
 
+    steps = Queue(actor_options={"num_cpus": 0})
     task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(_fit_latency_model)
-    model, dense_ms, device = ray.get(task.remote(spec, base, scores))
+    pending = task.remote(spec, base, scores, steps)
+    while not ray.wait([pending], timeout=0.5)[0]:
+        with contextlib.suppress(Empty):
+            while True:
+                monitor.advance(*steps.get_nowait())
+    model, dense_ms, device = ray.get(pending)
+    steps.shutdown()
     progress(
         f"latency model on {device}: held-out error {model.holdout_error:.1%} on 8 policies; "
         f"dense model {dense_ms:.2f} ms at batch {spec.budget.batch_size}"
@@ -194,7 +214,7 @@ def _latency_model(
 
 
 def _fit_latency_model(
-    spec: SearchSpec, base: Architecture, scores: Scores
+    spec: SearchSpec, base: Architecture, scores: Scores, steps: Any
 ) -> tuple[LatencyModel, float, str]:
     """Runs in the Ray task: fit, check on held-out policies, and measure the dense model."""
     from vitprune.evaluators.latency_model import fit_latency_model, measure_policies, sample_policies
@@ -219,6 +239,7 @@ def _fit_latency_model(
         align=spec.space.align,
         calibration=sample_policies(build, space.parameters(), 6, spec.seed + 1),
         holdout=sample_policies(build, space.parameters(), 8, spec.seed + 2),
+        on_step=lambda done, total: steps.put_nowait((done, total)),
     )
     (dense_ms,) = measure_policies(
         [dense_policy], batch_size=spec.budget.batch_size, device=device, dtype=dtype

@@ -11,6 +11,7 @@
     ax.db                the same experiment in Ax's SQL storage (when storage.enabled)
     searcher.json        the searcher's state as of the last trial that ended (for --resume)
     progress.json        trials done, running, queued, the best so far, ETA: rewritten as trials start and end
+    phase.json           what the search is doing (dense training, criteria, latency model, trials, finished)
     trials/NNNN/         each trial's policy.json, model.safetensors and metrics.json (error.txt if it failed)
     trials.csv           one row per trial: parameters, structure, metrics, status, times
     best_policy.json     one objective: the best feasible policy by observed value, with provenance
@@ -56,6 +57,8 @@ class RunDir:
     pareto_front = property(lambda self: self.root / "pareto_front.json")
     pareto_models = property(lambda self: self.root / "pareto_front")
     search_log = property(lambda self: self.root / "search.log")
+    phase = property(lambda self: self.root / "phase.json")
+    progress = property(lambda self: self.root / "progress.json")
     tune = property(lambda self: self.root / "tune")
     tune_experiment = property(lambda self: self.root / "tune" / "search")
 

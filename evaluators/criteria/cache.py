@@ -17,7 +17,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -144,20 +144,24 @@ def scores_by_dimension(
     base: Architecture,
     data: Iterable[Batch] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Scores:
     """Scores with each dimension taken from its own criterion, each criterion computed once.
 
     Args:
         criteria: dimension (heads, qk, v, mlp, tokens, depth) → criterion name.
         model, base, data, cache_dir: as for :func:`compute_scores`.
+        progress: called with ``(criteria done, criteria in all)`` after each criterion.
 
     Raises:
         InputError: a criterion does not score the dimension it was chosen for.
     """
-    computed = {
-        name: compute_scores(name, model, base=base, data=data, cache_dir=cache_dir)
-        for name in sorted(set(criteria.values()))
-    }
+    names = sorted(set(criteria.values()))
+    computed = {}
+    for done, name in enumerate(names, start=1):
+        computed[name] = compute_scores(name, model, base=base, data=data, cache_dir=cache_dir)
+        if progress is not None:
+            progress(done, len(names))
     combined = Scores.combine({dimension: computed[name] for dimension, name in criteria.items()})
     for dimension, name in criteria.items():
         if all(getattr(combined, field) is None for field in DIMENSIONS[dimension]) and dimension != "tokens":

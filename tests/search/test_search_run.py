@@ -131,9 +131,28 @@ def test_status_and_export(run, tmp_path, capsys):
     assert main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "FAILED" in out and "COMPLETED" in out
-    assert main(["export", str(run_dir), "--out", str(tmp_path / "best"), "--finetune-epochs", "1"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    assert all(column in out for column in ("mlp_ratio", "tokens_final", "attn_removed", "reason"))
+    assert "RuntimeError: injected failure" in out  # what the failed trial raised
+    progress = json.loads((run_dir / "progress.json").read_text())
+    (run_dir / "progress.json").write_text(json.dumps(progress | {"running": [5], "planned": 6}))
+    try:  # a trial that started after the last snapshot is listed as running
+        assert main(["status", str(run_dir)]) == 0
+        captured = capsys.readouterr()
+        assert "5 │ RUNNING" in captured.out and "6 trials" in captured.out
+    finally:
+        (run_dir / "progress.json").write_text(json.dumps(progress))
+    assert (
+        main(["export", str(run_dir), "--out", str(tmp_path / "best"), "--finetune-epochs", "1", "--onnx"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert 0 <= report["test_accuracy"] <= 1 and report["macs_ratio"] <= 0.5
+    assert (
+        0.3 < report["dense_test_accuracy"] <= 1 and report["latency_ratio"] > 0
+    )  # the dense model beside it
+    assert "(dense " in captured.err and "× dense" in captured.err
+    assert report["onnx_max_abs_error"] < 1e-4 and (tmp_path / "best" / "model.onnx").exists()
     load_pruned(tmp_path / "best")
     assert main(["export", str(run_dir), "--trial", "1", "--out", str(tmp_path / "x")]) == 2
     assert "--trial 1:" in capsys.readouterr().err
