@@ -26,6 +26,8 @@ mount --bind "$work/tmp-ray" /tmp/ray
 awk -F: -v OFS=: -v user="$user" -v home="$home" '$1 == user { $6 = home } 1' /etc/passwd >"$work/passwd"
 mount --bind "$work/passwd" /etc/passwd
 export HOME=$home
+mkdir -p "$work/tmp"
+export TMPDIR=$work/tmp  # the launcher's temporary files and config cache (ray-config-*) stay in WORK
 
 ssh-keygen -q -t ed25519 -N '' -f "$work/ssh_host_ed25519_key"
 ssh-keygen -q -t ed25519 -N '' -f "$work/id_ed25519"
@@ -67,11 +69,13 @@ step() {
 }
 step up "$ray" up -y --no-config-cache --disable-usage-stats --log-style record "$cluster"
 echo "login-after: ray=$(path_of ray) python=$(path_of python) vitprune=$(path_of vitprune)"
-echo "raylet: $(ps -eo args | awk '/[r]aylet\/raylet / { print $1; exit }')"
+raylet=$(pgrep -xo raylet || true)
+echo "raylet: $(readlink -f "/proc/${raylet:-none}/exe" || echo NONE)"
 step submit "$ray" submit --no-config-cache --log-style record "$cluster" docker/ray_search.py --smoke-test
 step down "$ray" down -y --log-style record "$cluster"
+ray_processes() { ps -eo comm= | grep -cxE 'raylet|gcs_server' || true; }
 for _ in $(seq 20); do
-    ps -eo args | grep -qE '[r]aylet/raylet|[g]cs_server' || break
+    [ "$(ray_processes)" = 0 ] && break
     sleep 0.5
 done
-echo "ray processes after down: $(ps -eo args | grep -cE '[r]aylet/raylet|[g]cs_server' || true)"
+echo "ray processes after down: $(ray_processes)"

@@ -7,8 +7,10 @@ and ``ray down`` run ``ray stop``, which ends every Ray process it can see. The 
 is installed for real, from the package index, as a user's head would get it.
 """
 
+import contextlib
 import csv
 import getpass
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -70,6 +72,12 @@ def _unavailable() -> str | None:
     )
     if probe.returncode != 0:
         return f"cannot make a PID namespace: {probe.stderr.strip()}"
+    check = "python3 -c 'import sys, ensurepip; assert sys.version_info >= (3, 11)'"
+    login_python = subprocess.run(  # the python3 a bare home's login shell finds, as the head's will
+        ["env", "-i", f"HOME={os.devnull}", "bash", "--login", "-c", check], capture_output=True, check=False
+    )
+    if login_python.returncode != 0:
+        return "needs python3 >= 3.11 with its venv module (python3-venv) on the login PATH"
     return None
 
 
@@ -111,7 +119,8 @@ def test_ray_up_submit_down_on_a_bare_head(tmp_path):
     work.mkdir()
     cluster = _cluster_yaml(work)
     home = work / "home"
-    name = yaml.safe_load(cluster.read_text())["metadata"]["vitprune"]["name"]
+    doc = yaml.safe_load(cluster.read_text())
+    name = doc["metadata"]["vitprune"]["name"]
     started = time.monotonic()
     try:
         done = subprocess.run(
@@ -131,7 +140,7 @@ def test_ray_up_submit_down_on_a_bare_head(tmp_path):
         assert _line(output, "login-after:") == (
             f"login-after: ray={venv / 'ray'} python={venv / 'python'} vitprune={venv / 'vitprune'}"
         )
-        assert _line(output, "raylet:").split()[1].startswith(f"{home / 'vitprune-venv'}/")
+        assert _line(output, "raylet: ").removeprefix("raylet: ").startswith(f"{home / 'vitprune-venv'}/")
         # The smoke search ran in the documented absolute run directory on the head.
         run_dir = home / "vitprune-runs" / f"{name}-smoke"
         assert f"→ {run_dir}" in output and "best policy:" in output
@@ -141,3 +150,14 @@ def test_ray_up_submit_down_on_a_bare_head(tmp_path):
         assert _line(output, "ray processes after down:") == "ray processes after down: 0"
     finally:
         shutil.rmtree(home / "vitprune-venv", ignore_errors=True)  # gigabytes: torch and CUDA libraries
+        _remove_ssh_control_dir(doc["cluster_name"])
+
+
+def _remove_ssh_control_dir(cluster_name: str) -> None:
+    """The ssh ControlMaster folder the launcher keeps in /tmp (its path is Ray's, hard-coded): its
+    master ended with the namespace, and only a dead socket would be left there."""
+    user, cluster = (hashlib.sha256(s.encode()).hexdigest()[:10] for s in (getpass.getuser(), cluster_name))
+    control = Path("/tmp") / f"ray_ssh_{user}" / cluster
+    shutil.rmtree(control, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        control.parent.rmdir()  # only when no other cluster of this user has one
