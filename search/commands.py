@@ -46,12 +46,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Exit status 0 with a result, 1 when no trial completed or none is feasible (the reasons are
     in trials.csv), 2 for bad input, 130 when interrupted."""
     from vitprune.search.noise import quiet_third_party
-
-    quiet_third_party()
-    from vitprune.search.lifecycle import Search
     from vitprune.search.spec import load_spec
 
-    spec, _ = load_spec(args.config)
+    spec, _ = load_spec(args.config)  # a bad config is one line before Ray or Ax are even imported
+    quiet_third_party()
+    from vitprune.search.lifecycle import Search
+
     if args.smoke_test:
         spec = spec.smoke()
     run_dir = spec.resolved_run_dir(args.run_dir)

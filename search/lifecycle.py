@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from vitprune.search.rundir import RunDir
 from vitprune.search.spec import SearchSpec
 from vitprune.search.trainable import REPORTED, run_trial
 from vitprune.spaces import InputError, Policy, macs, params
+from vitprune.spaces.errors import one_line
 from vitprune.spaces.files import write_text_atomic
 
 log = logging.getLogger("vitprune.search")
@@ -205,20 +207,47 @@ class Search:
 
 
 def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address``, or start a private local one (never an unrelated Ray
-    that happens to run on this machine). Failures are one line."""
+    """Join the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``), or start a private local
+    one (never an unrelated Ray that happens to run on this machine). Failures are one line."""
     import ray
+
+    from vitprune.search.ray_adapter import enable_token_auth_if_available
 
     if ray.is_initialized():
         return
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
+    if not address:
+        try:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        where = f"--address {address}" if address else "Ray"
-        raise InputError(f"{where}: cannot connect ({str(error).strip().splitlines()[0]})") from None
+        except Exception as error:
+            raise InputError(f"Ray: cannot start ({one_line(error) or type(error).__name__})") from None
+        return
+    where = f"--address {address}"
+    if address != "auto":
+        _check_listening(address, where)  # Ray would retry a silent port for about 14 minutes
+        enable_token_auth_if_available()  # Ray does this by itself only for address="auto"
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as error:  # ConnectionError, RuntimeError, ValueError, AuthenticationError
+        raise InputError(f"{where}: cannot connect ({_connect_reason(error)})") from None
+
+
+def _check_listening(address: str, where: str, timeout_s: float = 5.0) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"{where}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise InputError(f"{where}: nothing answers there ({error.strerror or error})") from None
+
+
+def _connect_reason(error: BaseException) -> str:
+    if "AuthenticationError" in type(error).__name__ or "InvalidAuthToken" in f"{error} {error.__cause__}":
+        return (
+            "the cluster requires token authentication and this machine has no matching token: copy the "
+            "head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN"
+        )
+    return one_line(error) or type(error).__name__
 
 
 def _optimizer(plan: Plan) -> Any:

@@ -25,8 +25,12 @@ def quiet_third_party() -> None:
     if _done:
         return
     _done = True
-    from ax.utils.common.logger import set_stderr_log_level
-
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # the storage module logs at import, before its level can be set
+    try:
+        from ax.utils.common.logger import set_stderr_log_level
+    finally:
+        logging.disable(previous)
     set_stderr_log_level(logging.ERROR)
     for module in ("ax", "botorch", "gpytorch", "linear_operator", "pandas", "ray", "torch.jit"):
         warnings.filterwarnings("ignore", module=module)
