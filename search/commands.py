@@ -287,14 +287,14 @@ def _cell(value: Any) -> str:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
-    from vitprune.search.dashboard import render, serve
+    from vitprune.search.dashboard import serve, state
 
     run = RunDir(args.run_dir)
     if not run.root.is_dir():
         raise InputError(f"{run.root}: no such run directory")
     _log_to_console()
     if args.once:
-        console.print(f"wrote {render(run)}")
+        print(json.dumps(state(run), indent=2))
     else:
         serve(run, host=args.host, port=args.port)
 
@@ -372,5 +372,7 @@ def add_commands(commands: Any) -> None:
         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 shares the page "
         "with the network)",
     )
-    p.add_argument("--once", action="store_true", help="write dashboard.html once and exit")
+    p.add_argument(
+        "--once", action="store_true", help="print the page's data (the /api/state JSON) once and exit"
+    )
     p.set_defaults(func=cmd_dashboard)

@@ -25,6 +25,9 @@ def quiet_third_party() -> None:
     if _done:
         return
     _done = True
+    for module in ("ax", "botorch", "gpytorch", "linear_operator", "pandas", "ray", "torch.jit"):
+        warnings.filterwarnings("ignore", module=module)
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # the storage module logs at import, before its level can be set
     try:
@@ -32,9 +35,6 @@ def quiet_third_party() -> None:
     finally:
         logging.disable(previous)
     set_stderr_log_level(logging.ERROR)
-    for module in ("ax", "botorch", "gpytorch", "linear_operator", "pandas", "ray", "torch.jit"):
-        warnings.filterwarnings("ignore", module=module)
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0
     for name, level in (
         ("ray.tune", logging.WARNING),

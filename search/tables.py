@@ -32,7 +32,8 @@ def trial_rows(run: RunDir, records: Sequence[TrialRecord], *, dense: Policy) ->
     for record in records:
         saved = run.trial_metrics(record.index) or {}
         row: dict[str, Any] = {"trial": record.index, "status": record.status, "node": record.node}
-        row |= {name: round(value, 6) for name, value in sorted(record.parameters.items())}
+        # the point's parameters, prefixed: `heads` (a ratio) is not the structure's `heads` (a count)
+        row |= {f"point_{name}": round(value, 6) for name, value in sorted(record.parameters.items())}
         row |= {
             key.removeprefix("structure_"): value
             for key, value in saved.items()

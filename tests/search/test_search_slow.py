@@ -77,7 +77,7 @@ def test_an_interrupted_search_resumes_with_exactly_the_planned_trials(tmp_path)
 def spec_parameters(rows: list[dict[str, str]]) -> set[str]:
     from vitprune.spaces.space import SearchSpace
 
-    return set(SearchSpace("compact", depth=2).parameters()) & set(rows[0])
+    return {f"point_{name}" for name in SearchSpace("compact", depth=2).parameters()} & set(rows[0])
 
 
 def _trial_statuses(snapshot: Path) -> list[dict[str, str]]:
