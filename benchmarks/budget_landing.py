@@ -52,6 +52,7 @@ def random_scores(base: Architecture, seed: int) -> Scores:
         attn_layers=draw(L),
         act_layers=draw(L),
         token_rates=tuple(0.5 + 0.5 * x for x in draw(L)),
+        embed=draw(base.embed_dim),
     )
 
 

@@ -58,6 +58,11 @@ def rankings(scores: dict[str, Scores], seeds: int) -> dict[str, dict[str, list[
             f"random (mean of {seeds})": [mix({"depth": r}) for r in random],
             "depth (BoundaryDPT)": [mix({"depth": scores["depth"]})],
         },
+        "embed": {
+            "magnitude (L1, coupled weights)": [magnitude],
+            f"random (mean of {seeds})": [mix({"embed": r}) for r in random],
+            "taylor (coupled weights)": [mix({"embed": scores["taylor"]})],
+        },
     }
 
 
@@ -71,6 +76,7 @@ def proposals(depth: int) -> dict[str, Proposal]:
         "widths": Proposal(widths, free=width_dims),
         "tokens": Proposal(tokens, free=frozenset({"tokens"})),
         "depth": Proposal(deep, free=width_dims, drop_attn=2, drop_act=3),  # which layers, not how many
+        "embed": Proposal(tuple(LayerRatios() for _ in range(depth)), free=frozenset({"embed"}), embed=0.7),
     }
 
 
@@ -81,6 +87,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="random rankings to average")
     parser.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunes to average per policy")
     parser.add_argument("--calibration-batches", type=int, default=4)
+    parser.add_argument(
+        "--groups", nargs="+", default=["widths", "tokens", "depth", "embed"], help="which groups to run"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -106,6 +115,8 @@ def main() -> None:
     print("| group | criterion | MACs ratio | zero-shot search-val | fine-tuned search-val (mean ± sd) |")
     print("|---|---|---|---|---|")
     for group, by_criterion in rankings(scores, args.seeds).items():
+        if group not in args.groups:
+            continue
         proposal = proposals(base.depth)[group]
         for label, candidates in by_criterion.items():
             zero, tuned, ratio = [], [], []

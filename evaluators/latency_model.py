@@ -27,6 +27,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from vitprune.evaluators.modules import cls_attention
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.spaces import Architecture, LayerPolicy, Policy
 from vitprune.spaces.builder import aligned_width
+from vitprune.spaces.shape import Shape
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,11 @@ class LatencyModel:
     fixed_ms: float
     tables: dict[str, Table]
     correction: tuple[float, float] = (0.0, 1.0)  # measured ≈ α + β·raw; fit_latency_model fits β
+    # Tables measured over residual widths too (``expand(n, d, w)``, ``reduce(n, w, d)``,
+    # ``norm(n, d)``, ``select(n, d)``, ``fixed(d)``), when the residual width is searched; models
+    # saved before that have the two-axis tables of the dense width.
+    embed_axis: bool = False
+    fixed: Table | None = None
     holdout_error: float | None = None  # mean |predicted − measured| / measured on held-out policies
     holdout_max_error: float | None = None
 
@@ -88,25 +95,48 @@ class LatencyModel:
         alpha, beta = self.correction
         return alpha + beta * self.raw(policy)
 
-    def raw(self, policy: Policy) -> float:
+    def raw(self, policy: Policy | Shape) -> float:
         """The fixed part plus the interpolated op latencies, before the whole-model correction."""
         base, t = policy.base, self.tables
-        total = self.fixed_ms
+        D = policy.embed_dim
+        if self.embed_axis:
+            fixed = self.fixed(D) if self.fixed is not None else self.fixed_ms
+
+            def expand(n: int, w: int) -> float:
+                return t["expand"](n, D, w)
+
+            def reduce(n: int, w: int) -> float:
+                return t["reduce"](n, w, D)
+
+            def norm(n: int) -> float:
+                return t["norm"](n, D)
+
+            def select(n: int) -> float:
+                return t["select"](n, D)
+        else:
+            fixed, expand, reduce, norm, select = (
+                self.fixed_ms,
+                t["expand"],
+                t["reduce"],
+                t["norm"],
+                t["select"],
+            )
+        total = fixed
         for layer, tokens_in in zip(policy.layers, policy.tokens_in, strict=True):
             n_in = base.num_prefix_tokens + tokens_in
             n_out = base.num_prefix_tokens + layer.keep_tokens
             if layer.attention:
                 H, d_qk, d_v = layer.num_heads, layer.qk_dim, layer.v_dim
-                total += t["norm"](n_in) + t["expand"](n_in, H * (2 * d_qk + d_v))
-                total += t["sdpa"](n_in, H, max(d_qk, d_v)) + t["reduce"](n_in, H * d_v)
+                total += norm(n_in) + expand(n_in, H * (2 * d_qk + d_v))
+                total += t["sdpa"](n_in, H, max(d_qk, d_v)) + reduce(n_in, H * d_v)
                 if layer.keep_tokens < tokens_in:
-                    total += t["select"](n_in)
-            form = layer.mlp_form(base.embed_dim)
+                    total += select(n_in)
+            form = layer.mlp_form(D)
             if form == "merged":
-                total += t["norm"](n_out) + t["expand"](n_out, base.embed_dim)
+                total += norm(n_out) + expand(n_out, D)
             elif form != "removed":
                 h = layer.mlp_hidden
-                total += t["norm"](n_out) + t["expand"](n_out, h) + t["reduce"](n_out, h)
+                total += norm(n_out) + expand(n_out, h) + reduce(n_out, h)
                 if form == "gelu":
                     total += t["gelu"](n_out, h)
         return total
@@ -116,15 +146,18 @@ class LatencyModel:
         doc["tables"] = {
             name: {"axes": table.axes, "values": table.values} for name, table in self.tables.items()
         }
+        doc["fixed"] = None if self.fixed is None else {"axes": self.fixed.axes, "values": self.fixed.values}
         return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> LatencyModel:
         doc = json.loads(text)
-        doc["tables"] = {
-            name: Table(axes=tuple(tuple(axis) for axis in table["axes"]), values=tuple(table["values"]))
-            for name, table in doc["tables"].items()
-        }
+
+        def table(data: dict[str, Any]) -> Table:
+            return Table(axes=tuple(tuple(axis) for axis in data["axes"]), values=tuple(data["values"]))
+
+        doc["tables"] = {name: table(data) for name, data in doc["tables"].items()}
+        doc["fixed"] = None if doc.get("fixed") is None else table(doc["fixed"])
         doc["correction"] = tuple(doc["correction"])
         return cls(**doc)
 
@@ -156,6 +189,11 @@ def materialize(policy: Policy, *, device: torch.device, dtype: torch.dtype) -> 
     return model.to(dtype).eval()
 
 
+def embed_grid(full: int, align: int) -> tuple[int, ...]:
+    """Residual widths the tables are measured at when the residual width is searched."""
+    return tuple(sorted({aligned_width(r, full, align) for r in (0.125, 0.25, 0.5, 0.75, 1.0)}))
+
+
 def _grid(full: int, align: int, *, also: Sequence[int] = ()) -> tuple[int, ...]:
     """Aligned widths from ``align`` to ``full``: denser where GEMMs change regime (small widths)."""
     ratios = (0.0, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
@@ -172,10 +210,14 @@ def measure_tables(
     align: int,
     warmup: int,
     repeats: int,
+    embed_widths: Sequence[int] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Table]:
-    """Measure every op table of ``base`` on its grid; ``on_step(done, total)`` after each op."""
-    D, B, H = base.embed_dim, batch_size, base.num_heads
+    """Measure every op table of ``base`` on its grid (over the residual ``embed_widths`` too:
+    default, the dense width only); ``on_step(done, total)`` after each op."""
+    B, H = batch_size, base.num_heads
+    embeds = tuple(sorted(set(embed_widths or (base.embed_dim,))))
+    D = base.embed_dim
     prefix, patches = base.num_prefix_tokens, base.num_patches
     tokens = tuple(sorted({prefix + max(1, round(patches * r)) for r in (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)}))
     widest = max(3 * base.attn_dim, base.mlp_hidden, D)
@@ -184,7 +226,11 @@ def measure_tables(
     heads = tuple(sorted({1, max(1, H // 2), H}))
     dims = _grid(base.head_dim, align)
     dd = {"device": device, "dtype": dtype}
-    total = len(tokens) * (len(expand_widths) + 2 * len(reduce_widths) + len(heads) * len(dims) + 2)
+    total = len(tokens) * (
+        len(embeds) * (len(expand_widths) + len(reduce_widths) + 2)
+        + len(reduce_widths)
+        + len(heads) * len(dims)
+    )
     done = 0
 
     def timed(run: Callable[[], object]) -> float:
@@ -200,12 +246,15 @@ def measure_tables(
 
     expand, reduce, gelu = [], [], []
     for n in tokens:
-        for w in expand_widths:
-            linear, inputs = nn.Linear(D, w, **dd), x(n, D)
-            expand.append(timed(lambda m=linear, i=inputs: m(i)))
+        for e in embeds:
+            for w in expand_widths:
+                linear, inputs = nn.Linear(e, w, **dd), x(n, e)
+                expand.append(timed(lambda m=linear, i=inputs: m(i)))
         for w in reduce_widths:
-            linear, inputs = nn.Linear(w, D, **dd), x(n, w)
-            reduce.append(timed(lambda m=linear, i=inputs: m(i)))
+            inputs = x(n, w)
+            for e in embeds:
+                linear = nn.Linear(w, e, **dd)
+                reduce.append(timed(lambda m=linear, i=inputs: m(i)))
             gelu.append(timed(lambda i=inputs: F.gelu(i)))
     sdpa = []
     for n in tokens:
@@ -215,23 +264,24 @@ def measure_tables(
                 sdpa.append(timed(lambda q=q: F.scaled_dot_product_attention(q, q, q, scale=base.scale)))
     norm, select = [], []
     for n in tokens:
-        layer_norm, inputs = nn.LayerNorm(D, **dd), x(n, D)
-        norm.append(timed(lambda m=layer_norm, i=inputs: m(i)))
         q = torch.randn(B, H, n, base.head_dim, **dd)
         keep = max(1, (n - prefix) // 2)
+        for e in embeds:
+            layer_norm, inputs = nn.LayerNorm(e, **dd), x(n, e)
+            norm.append(timed(lambda m=layer_norm, i=inputs: m(i)))
 
-        def choose(q=q, i=inputs, keep=keep) -> torch.Tensor:
-            index = cls_attention(q, q, base.scale)[:, prefix:].topk(keep, dim=1).indices + prefix
-            return i.gather(1, index.unsqueeze(-1).expand(-1, -1, D))
+            def choose(q=q, i=inputs, keep=keep, e=e) -> torch.Tensor:
+                index = cls_attention(q, q, base.scale)[:, prefix:].topk(keep, dim=1).indices + prefix
+                return i.gather(1, index.unsqueeze(-1).expand(-1, -1, e))
 
-        select.append(timed(choose))
+            select.append(timed(choose))
     return {
-        "expand": Table((tokens, expand_widths), tuple(expand)),
-        "reduce": Table((tokens, reduce_widths), tuple(reduce)),
+        "expand": Table((tokens, embeds, expand_widths), tuple(expand)),
+        "reduce": Table((tokens, reduce_widths, embeds), tuple(reduce)),
         "gelu": Table((tokens, reduce_widths), tuple(gelu)),
         "sdpa": Table((tokens, heads, dims), tuple(sdpa)),
-        "norm": Table((tokens,), tuple(norm)),
-        "select": Table((tokens,), tuple(select)),
+        "norm": Table((tokens, embeds), tuple(norm)),
+        "select": Table((tokens, embeds), tuple(select)),
     }
 
 
@@ -248,10 +298,13 @@ def fit_latency_model(
     holdout: Sequence[Policy] = (),
     progress: Callable[[str], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    embed: bool = False,
 ) -> LatencyModel:
     """Measure the op tables, fit the whole-model correction on ``calibration`` policies, and
     measure the error on ``holdout`` policies (distinct ones). ``on_step(done, total)`` follows the
-    op measurements."""
+    op measurements. With ``embed`` (the residual width is searched), the tables and the fixed part
+    are measured over residual widths too."""
+    widths = embed_grid(base.embed_dim, align) if embed else (base.embed_dim,)
     tables = measure_tables(
         base,
         batch_size=batch_size,
@@ -260,21 +313,22 @@ def fit_latency_model(
         align=align,
         warmup=warmup,
         repeats=repeats,
+        embed_widths=widths,
         on_step=on_step,
     )
-    empty = Policy(
-        base=base,
-        layers=tuple(LayerPolicy(False, (), (), (), True, (), base.num_patches) for _ in range(base.depth)),
-    )
-    (fixed,) = measure_policies(
-        [empty], batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, repeats=repeats
+    no_blocks = tuple(LayerPolicy(False, (), (), (), True, (), base.num_patches) for _ in range(base.depth))
+    empties = [Policy(base=base, layers=no_blocks, embed=tuple(range(width))) for width in widths]
+    fixed = measure_policies(
+        empties, batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, repeats=repeats
     )
     model = LatencyModel(
         device=device_name(device),
         batch_size=batch_size,
         dtype=str(dtype).removeprefix("torch."),
-        fixed_ms=fixed,
+        fixed_ms=fixed[-1],
         tables=tables,
+        embed_axis=len(tables["expand"].axes) == 3,
+        fixed=Table((tuple(widths),), tuple(fixed)),
     )
     if len(calibration) >= 2:
         measured = measure_policies(

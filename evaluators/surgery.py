@@ -13,7 +13,7 @@ import copy
 import re
 
 import torch
-from timm.layers import Attention, Mlp
+from timm.layers import Attention, LayerScale, Mlp
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -61,16 +61,20 @@ def qkv_rows(layer: LayerPolicy, *, head_dim: int, attn_dim: int) -> list[int]:
     return q + k + v
 
 
-def prune_attention(attn: Attention, layer: LayerPolicy, *, score_tokens: bool) -> PrunedAttention:
-    """The attention that keeps ``layer.heads`` with their ``qk`` / ``v`` dims, weights copied."""
+def prune_attention(
+    attn: Attention, layer: LayerPolicy, *, score_tokens: bool, channels: Tensor | None = None
+) -> PrunedAttention:
+    """The attention that keeps ``layer.heads`` with their ``qk`` / ``v`` dims, reading and writing
+    the residual ``channels`` (``None``: all), weights copied."""
     weight = attn.qkv.weight
     rows = _index(qkv_rows(layer, head_dim=attn.head_dim, attn_dim=attn.attn_dim), weight.device)
     v_cols = _index(
         [h * attn.head_dim + d for h, dims in zip(layer.heads, layer.v, strict=True) for d in dims],
         weight.device,
     )
+    stream = slice(None) if channels is None else channels
     pruned = PrunedAttention(
-        attn.qkv.in_features,
+        attn.qkv.in_features if channels is None else len(channels),
         num_heads=layer.num_heads,
         qk_dim=layer.qk_dim,
         v_dim=layer.v_dim,
@@ -87,10 +91,10 @@ def prune_attention(attn: Attention, layer: LayerPolicy, *, score_tokens: bool) 
     return _loaded(
         pruned,
         {
-            "qkv.weight": weight[rows],
+            "qkv.weight": weight[rows][:, stream],
             "qkv.bias": None if qkv_bias is None else qkv_bias[rows],
-            "proj.weight": attn.proj.weight[:, v_cols],
-            "proj.bias": attn.proj.bias,
+            "proj.weight": attn.proj.weight[stream][:, v_cols],
+            "proj.bias": None if attn.proj.bias is None else attn.proj.bias[stream],
         },
     )
 
@@ -113,15 +117,17 @@ def merged_linear(w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) 
     return _linear(weight.to(w2.dtype), bias)
 
 
-def prune_mlp(mlp: Mlp, layer: LayerPolicy, *, embed_dim: int) -> nn.Module:
-    """The MLP that keeps ``layer.mlp`` neurons: a timm ``Mlp`` (with its activation or
-    ``nn.Identity``) or, when the activation is removed and that is cheaper, one merged ``Linear``."""
+def prune_mlp(mlp: Mlp, layer: LayerPolicy, *, embed_dim: int, channels: Tensor | None = None) -> nn.Module:
+    """The MLP that keeps ``layer.mlp`` neurons, reading and writing the residual ``channels``
+    (``None``: all ``embed_dim``): a timm ``Mlp`` (with its activation or ``nn.Identity``) or, when
+    the activation is removed and that is cheaper, one merged ``Linear``."""
     neurons = _index(list(layer.mlp), mlp.fc1.weight.device)
+    stream = slice(None) if channels is None else channels
     state = {
-        "fc1.weight": mlp.fc1.weight[neurons],
+        "fc1.weight": mlp.fc1.weight[neurons][:, stream],
         "fc1.bias": None if mlp.fc1.bias is None else mlp.fc1.bias[neurons],
-        "fc2.weight": mlp.fc2.weight[:, neurons],
-        "fc2.bias": mlp.fc2.bias,
+        "fc2.weight": mlp.fc2.weight[stream][:, neurons],
+        "fc2.bias": None if mlp.fc2.bias is None else mlp.fc2.bias[stream],
     }
     form = layer.mlp_form(embed_dim)
     if form == "merged":
@@ -139,8 +145,11 @@ def prune_mlp(mlp: Mlp, layer: LayerPolicy, *, embed_dim: int) -> nn.Module:
     return _loaded(pruned, state)
 
 
-def prune_block(block: Block, layer: LayerPolicy, *, base: Architecture, tokens_in: int) -> PrunedBlock:
-    """The pruned form of one timm ``Block``: kept sub-layers rebuilt, removed ones ``nn.Identity``."""
+def prune_block(
+    block: Block, layer: LayerPolicy, *, base: Architecture, tokens_in: int, channels: Tensor | None = None
+) -> PrunedBlock:
+    """The pruned form of one timm ``Block``: kept sub-layers rebuilt, removed ones ``nn.Identity``;
+    norms, LayerScale and projections keep the residual ``channels`` (``None``: all)."""
     attn: nn.Module = NoAttention()
     if layer.attention:
         prunes_tokens = layer.keep_tokens < tokens_in
@@ -157,18 +166,23 @@ def prune_block(block: Block, layer: LayerPolicy, *, base: Architecture, tokens_
                 fusion=layer.token_fusion,
             )
         attn = AttentionLayer(
-            norm=copy.deepcopy(block.norm1),
-            attn=prune_attention(block.attn, layer, score_tokens=prunes_tokens),
-            ls=copy.deepcopy(block.ls1),
+            norm=keep_channels(block.norm1, channels),
+            attn=prune_attention(block.attn, layer, score_tokens=prunes_tokens, channels=channels),
+            ls=keep_channels(block.ls1, channels),
             drop_path=copy.deepcopy(block.drop_path1),
             tokens=tokens,
         )
     mlp: nn.Module = nn.Identity()
     if layer.mlp:
         mlp = MlpLayer(
-            norm=copy.deepcopy(block.norm2),
-            mlp=prune_mlp(block.mlp, layer, embed_dim=base.embed_dim),
-            ls=copy.deepcopy(block.ls2),
+            norm=keep_channels(block.norm2, channels),
+            mlp=prune_mlp(
+                block.mlp,
+                layer,
+                embed_dim=base.embed_dim if channels is None else len(channels),
+                channels=channels,
+            ),
+            ls=keep_channels(block.ls2, channels),
             drop_path=copy.deepcopy(block.drop_path2),
         )
     return PrunedBlock(attn=attn, mlp=mlp)
@@ -183,16 +197,69 @@ def apply_policy(model: nn.Module, policy: Policy) -> nn.Module:
         InputError: ``model`` is not a supported dense timm ViT or does not match ``policy.base``.
     """
     check_matches(model, policy.base)
+    channels = None if policy.embed is None else _index(list(policy.embed), model.pos_embed.device)
     blocks = PrunedBlocks(
         *(
-            prune_block(block, layer, base=policy.base, tokens_in=tokens_in)
+            prune_block(block, layer, base=policy.base, tokens_in=tokens_in, channels=channels)
             for block, layer, tokens_in in zip(model.blocks, policy.layers, policy.tokens_in, strict=True)
         )
     )
     # Deep-copy everything but the dense blocks: the memo makes the copy use the pruned ones.
     pruned = copy.deepcopy(model, memo={id(model.blocks): blocks})
+    if channels is not None:
+        _keep_stream_channels(pruned, channels)
     pruned.train(model.training)
     return pruned
+
+
+def keep_channels(module: nn.Module, channels: Tensor | None) -> nn.Module:
+    """A copy of a per-channel module of the residual stream (a LayerNorm, LayerScale or
+    ``nn.Identity``) that keeps only ``channels`` (``None``: all)."""
+    pruned = copy.deepcopy(module)
+    if channels is None or isinstance(module, nn.Identity):
+        return pruned
+    if isinstance(module, nn.LayerNorm):
+        pruned.normalized_shape = (len(channels),)
+        for name in ("weight", "bias"):
+            if getattr(module, name) is not None:
+                setattr(pruned, name, nn.Parameter(getattr(module, name).detach()[channels].clone()))
+        return pruned
+    if isinstance(module, LayerScale):
+        pruned.gamma = nn.Parameter(module.gamma.detach()[channels].clone())
+        return pruned
+    raise TypeError(f"keep_channels: no rule for {type(module).__name__}")
+
+
+def _keep_stream_channels(model: nn.Module, channels: Tensor) -> None:
+    """Prune the residual width outside the blocks of the pruned copy ``model``, in place: the patch
+    embedding's output, the prefix tokens and position embedding, the norms before and after the
+    blocks, and the classifiers' inputs."""
+    width = len(channels)
+    proj = model.patch_embed.proj
+    conv = nn.Conv2d(
+        proj.in_channels,
+        width,
+        kernel_size=proj.kernel_size,
+        stride=proj.stride,
+        padding=proj.padding,
+        bias=proj.bias is not None,
+        device="meta",
+        dtype=proj.weight.dtype,
+    )
+    model.patch_embed.proj = _loaded(
+        conv, {"weight": proj.weight[channels], "bias": None if proj.bias is None else proj.bias[channels]}
+    )
+    for name in ("cls_token", "reg_token", "dist_token", "pos_embed"):
+        token = getattr(model, name, None)
+        if isinstance(token, nn.Parameter):
+            setattr(model, name, nn.Parameter(token.detach()[..., channels].clone()))
+    for name in ("norm_pre", "norm", "fc_norm"):
+        setattr(model, name, keep_channels(getattr(model, name), channels))
+    for name in ("head", "head_dist"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            setattr(model, name, _linear(head.weight[:, channels], head.bias))
+    model.embed_dim = model.num_features = model.head_hidden_size = width
 
 
 # Keys of a keep-all pruned model -> keys of the timm dense model (same tensors, same layout:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,15 @@ class TrialResult:
     model: nn.Module
 
 
-_CONTEXTS: dict[str, TrialContext] = {}
+_CONTEXTS: dict[Hashable, TrialContext] = {}
+
+
+def shared_context(key: Hashable, build: Callable[[], TrialContext]) -> TrialContext:
+    """The context stored under ``key``, built by ``build`` once per process: every trial a worker
+    runs reuses its dense model and data. The one cache of the process."""
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = build()
+    return _CONTEXTS[key]
 
 
 def cached_context(
@@ -80,15 +88,17 @@ def cached_context(
     *,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrialContext:
-    """The context for these configurations, built once per worker process and reused by its trials.
-    ``on_epoch`` follows the dense model's training, when it has to be trained."""
-    key = "|".join([model.digest(), data.digest(), dense_training.digest(), str(cache_dir)])
-    if key not in _CONTEXTS:
+    """The context for these configurations, with the dense model trained (once, cached on disk)
+    or loaded; ``on_epoch`` follows the dense model's training, when it has to be trained."""
+
+    def build() -> TrialContext:
         dense, splits = prepare_dense(model, data, dense_training, cache_dir=cache_dir, on_epoch=on_epoch)
-        _CONTEXTS[key] = TrialContext(
+        return TrialContext(
             dense=dense.model, base=dense.base, data=splits, dense_test_accuracy=dense.test_accuracy
         )
-    return _CONTEXTS[key]
+
+    key = ("configs", model.digest(), data.digest(), dense_training.digest(), str(cache_dir))
+    return shared_context(key, build)
 
 
 def evaluate_policy(

@@ -240,6 +240,7 @@ def _fit_latency_model(
         calibration=sample_policies(build, space.parameters(), 6, spec.seed + 1),
         holdout=sample_policies(build, space.parameters(), 8, spec.seed + 2),
         on_step=lambda done, total: steps.put_nowait((done, total)),
+        embed="embed" in space.dimensions,
     )
     (dense_ms,) = measure_policies(
         [dense_policy], batch_size=spec.budget.batch_size, device=device, dtype=dtype

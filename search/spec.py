@@ -25,7 +25,7 @@ from vitprune.evaluators.config import (
 from vitprune.spaces import InputError
 from vitprune.spaces.space import ALL_DIMENSIONS, SearchSpace
 
-Dimension = Literal["heads", "qk", "v", "mlp", "tokens", "depth"]
+Dimension = Literal["heads", "qk", "v", "mlp", "tokens", "depth", "embed"]
 Metric = Literal["macs", "params", "latency_ms"]
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
@@ -126,9 +126,10 @@ class CriteriaSpec(Section):
     mlp: str = "taylor"
     tokens: str = "star"
     depth: str = "depth"
+    embed: str = "magnitude"
     calibration_batches: int = Field(4, gt=0)
 
-    @field_validator("heads", "qk", "v", "mlp", "tokens", "depth")
+    @field_validator("heads", "qk", "v", "mlp", "tokens", "depth", "embed")
     @classmethod
     def _known(cls, name: str, info: ValidationInfo) -> str:
         from vitprune.evaluators.criteria import check_criterion

@@ -23,7 +23,7 @@ from vitprune.evaluators.describe import create_dense
 from vitprune.evaluators.finetune import EpochMetrics
 from vitprune.evaluators.io import save_pruned
 from vitprune.evaluators.measure import accuracy
-from vitprune.evaluators.trial import TrialContext, evaluate_policy
+from vitprune.evaluators.trial import TrialContext, evaluate_policy, shared_context
 from vitprune.search.plan import Plan
 from vitprune.search.report import TRIAL_KEY, failed_result, final_result
 from vitprune.spaces.errors import one_line
@@ -35,22 +35,21 @@ log = logging.getLogger(__name__)
 # Metrics Ax sees: the objective, tracked costs (and the latency constraint).
 REPORTED = ("accuracy", "macs", "params", "latency_ms")
 
-_CONTEXTS: dict[tuple[Path, str], TrialContext] = {}
-
 
 def worker_context(plan: Plan) -> TrialContext:
     """The trial context of ``plan`` (dense model and data), built once per worker process."""
-    key = (plan.run.root, plan.spec.digest())
-    if key not in _CONTEXTS:
+
+    def build() -> TrialContext:
         dense = create_dense(plan.base, device="meta")
         dense.load_state_dict(plan.dense_state, strict=True, assign=True)
-        _CONTEXTS[key] = TrialContext(
+        return TrialContext(
             dense=dense.eval(),
             base=plan.base,
             data=load_data(plan.spec.data, plan.base),
             dense_test_accuracy=plan.dense_test_accuracy,
         )
-    return _CONTEXTS[key]
+
+    return shared_context(("plan", plan.run.root, plan.spec.digest()), build)
 
 
 def _finished_result(directory: Path, point: dict[str, float]) -> dict[str, Any] | None:

@@ -10,7 +10,8 @@ cost (MACs, parameters or modelled latency) lands in ``[(1 − tolerance)·B, B]
        g(r, t) = 1 − (1 − r)·(2 − t)  for t > 1   (grow, shrinking what is pruned in proportion)
 
    ``t = 1`` is the point itself, ``t = 0`` the narrowest policy of its structure (one head,
-   ``align`` dims and neurons, one patch token), ``t = 2`` its widest (every free width full).
+   ``align`` dims, neurons and residual channels, one patch token), ``t = 2`` its widest (every
+   free width full). The residual (``embed``) keep ratio is one more ratio on the same scale.
    Ratios of dimensions that are not free are used exactly as given.
 2. **Depth.** When even ``t = 2`` stays under the budget, removed layers are given back one at a
    time (attention and activations in proportion); when even ``t = 0`` exceeds it, more are
@@ -42,8 +43,8 @@ from vitprune.spaces.policy import Architecture, Policy
 from vitprune.spaces.scores import Scores
 from vitprune.spaces.shape import LayerShape, Shape
 
-RATIO_DIMENSIONS = ("heads", "qk", "v", "mlp", "tokens")
-DIMENSIONS = (*RATIO_DIMENSIONS, "depth")
+RATIO_DIMENSIONS = ("heads", "qk", "v", "mlp", "tokens")  # a keep ratio per layer
+DIMENSIONS = (*RATIO_DIMENSIONS, "depth", "embed")
 Metric = Literal["macs", "params", "latency_ms"]
 Measure = Callable[[Policy | Shape], float]
 
@@ -66,6 +67,7 @@ class Proposal:
 
     Attributes:
         ratios: keep ratios of each layer.
+        embed: keep ratio of the residual stream's channels (one for every layer).
         drop_attn: attention sub-layers to remove.
         drop_act: activations to remove.
         free: the dimensions the projection may move (the enabled ones, or those asked for on
@@ -76,6 +78,7 @@ class Proposal:
 
     ratios: tuple[LayerRatios, ...]
     free: frozenset[str]
+    embed: float = 1.0
     drop_attn: int = 0
     drop_act: int = 0
     max_drop_attn: int | None = None
@@ -85,6 +88,10 @@ class Proposal:
         unknown = sorted(set(self.free) - set(DIMENSIONS))
         if unknown:
             raise InputError(f"free: unknown dimension {unknown[0]!r} (known: {', '.join(DIMENSIONS)})")
+
+    def embed_at(self, t: float) -> float:
+        """The residual keep ratio at scale ``t``."""
+        return _scale(self.embed, t) if "embed" in self.free else self.embed
 
     def ratios_at(self, t: float) -> tuple[LayerRatios, ...]:
         """The keep ratios at scale ``t`` (see the module docstring)."""
@@ -149,8 +156,14 @@ def project(
         removed_attn, removed_act = removed_layers(
             scores, drop_attn=drop_attn, drop_act=drop_act, depth=base.depth
         )
-        ratios = proposal.ratios_at(t)
-        return shape_of(base, ratios, removed_attn=removed_attn, removed_act=removed_act, align=align)
+        return shape_of(
+            base,
+            proposal.ratios_at(t),
+            removed_attn=removed_attn,
+            removed_act=removed_act,
+            align=align,
+            embed=proposal.embed_at(t),
+        )
 
     def cost(rung: int, t: float) -> float:
         return measure(shape(rung, t))
@@ -232,6 +245,10 @@ def _fill(
     ``toward`` (the next shape of the bisection) adds, layer by layer; then any step of a free
     dimension, the largest that fits first. Returns the shape, its cost and the steps added."""
     value, steps = measure(shape), 0
+    while shape.embed_dim < toward.embed_dim and (candidate := _wider_embed(shape, align)) is not None:
+        if (candidate_value := measure(candidate)) > limit:
+            break
+        shape, value, steps = candidate, candidate_value, steps + 1
     for i in range(len(shape.layers)):
         for dim in RATIO_DIMENSIONS:
             while _count(shape.layers[i], dim) < _count(toward.layers[i], dim):
@@ -260,6 +277,8 @@ def _count(layer: LayerShape, dim: str) -> int:
 
 
 def _steps(shape: Shape, free: frozenset[str], align: int) -> Iterator[Shape]:
+    if "embed" in free and (candidate := _wider_embed(shape, align)) is not None:
+        yield candidate
     for i in range(len(shape.layers)):
         for dim in RATIO_DIMENSIONS:
             if dim in free and (candidate := _step(shape, i, dim, align)) is not None:
@@ -292,6 +311,12 @@ def _step(shape: Shape, i: int, dim: str, align: int) -> Shape | None:
             break
         layers = _set(layers, j, keep_tokens=old + 1)
     return shape.replace_layers(layers)
+
+
+def _wider_embed(shape: Shape, align: int) -> Shape | None:
+    """``shape`` with one more aligned step of residual width, or ``None`` when it is full."""
+    wider = _wider(shape.embed_dim, shape.base.embed_dim, align)
+    return None if wider is None else dataclasses.replace(shape, embed_dim=wider)
 
 
 def _wider(width: int, full: int, align: int) -> int | None:

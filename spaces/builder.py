@@ -97,8 +97,10 @@ def shape_of(
     removed_attn: Set[int] = frozenset(),
     removed_act: Set[int] = frozenset(),
     align: int = 8,
+    embed: float = 1.0,
 ) -> Shape:
-    """The counts that ``ratios`` keep in each layer (no scores needed: see :func:`build_policy`).
+    """The counts that ``ratios`` keep in each layer and the residual width that ``embed`` keeps
+    (no scores needed: see :func:`build_policy`).
 
     Token pruning is ranked by a layer's own attention: where a layer's attention is removed, its
     token ratio is carried over to the next layer that still has attention.
@@ -132,7 +134,9 @@ def shape_of(
                 keep_tokens=tokens,
             )
         )
-    return Shape(base=base, layers=tuple(layers))
+    if not 0.0 <= embed <= 1.0:
+        raise InputError(f"keep ratio embed: must be in [0, 1], got {embed}")
+    return Shape(base=base, layers=tuple(layers), embed_dim=aligned_width(embed, base.embed_dim, align))
 
 
 def policy_of(shape: Shape, scores: Scores) -> Policy:
@@ -168,7 +172,8 @@ def policy_of(shape: Shape, scores: Scores) -> Policy:
                 token_fusion=fusion,
             )
         )
-    return Policy(base=base, layers=tuple(layers))
+    embed = _keep(scores, "embed", (), shape.embed_dim, base.embed_dim)
+    return Policy(base=base, layers=tuple(layers), embed=embed)
 
 
 def build_policy(
@@ -179,6 +184,7 @@ def build_policy(
     drop_attn: int = 0,
     drop_act: int = 0,
     align: int = 8,
+    embed: float = 1.0,
 ) -> Policy:
     """Build the policy that keeps ``ratios`` of each layer, choosing units by ``scores``.
 
@@ -188,7 +194,8 @@ def build_policy(
         ratios: one :class:`LayerRatios` per layer.
         drop_attn: number of attention sub-layers to remove (the lowest ``scores.attn_layers``).
         drop_act: number of MLP activations to remove (the lowest ``scores.act_layers``).
-        align: width multiple for q/k, v and MLP widths.
+        align: width multiple for q/k, v, MLP and residual widths.
+        embed: fraction of residual channels kept (the highest ``scores.embed``), in every layer.
 
     Token pruning is ranked by a layer's own attention: where a layer's attention is removed, its
     token ratio is carried over to the next layer that still has attention.
@@ -197,7 +204,9 @@ def build_policy(
     removed_attn, removed_act = removed_layers(
         scores, drop_attn=drop_attn, drop_act=drop_act, depth=base.depth
     )
-    shape = shape_of(base, ratios, removed_attn=removed_attn, removed_act=removed_act, align=align)
+    shape = shape_of(
+        base, ratios, removed_attn=removed_attn, removed_act=removed_act, align=align, embed=embed
+    )
     return policy_of(shape, scores)
 
 

@@ -10,7 +10,7 @@ widths, so the pruned model zero-pads the narrower ones (exactly) rather than fa
 slow math kernel; the cost model counts what runs.
 
 Per layer, with ``N`` tokens entering (prefix included), ``N'`` leaving, ``H`` kept heads of
-``d_qk`` / ``d_v`` dims and ``h`` kept MLP neurons::
+``d_qk`` / ``d_v`` dims, ``h`` kept MLP neurons and ``D`` the kept residual width (``embed``)::
 
     attention = N·D·H(2·d_qk + d_v) + 2·H·N²·max(d_qk, d_v) + N·H·d_v·D  [+ H·N·d_qk if N' < N]
     mlp       = 2·N'·D·h      (gelu or linear form)
@@ -86,13 +86,16 @@ class Cost:
         }
 
 
-def _norm_params(base: Architecture) -> int:
-    return base.embed_dim * (2 if base.norm_bias else 1)
+def _norm_params(base: Architecture, width: int) -> int:
+    return width * (2 if base.norm_bias else 1)
 
 
-def layer_cost(base: Architecture, layer: LayerPolicy | LayerShape, *, tokens_in: int) -> LayerCost:
-    """Cost of one block given the patch tokens entering it."""
-    D = base.embed_dim
+def layer_cost(
+    base: Architecture, layer: LayerPolicy | LayerShape, *, tokens_in: int, embed_dim: int | None = None
+) -> LayerCost:
+    """Cost of one block given the patch tokens entering it and the residual width ``embed_dim``
+    (default: the dense one)."""
+    D = base.embed_dim if embed_dim is None else embed_dim
     n_in = base.num_prefix_tokens + tokens_in
     n_out = base.num_prefix_tokens + layer.keep_tokens
     layer_scale = D if base.layer_scale else 0
@@ -106,7 +109,7 @@ def layer_cost(base: Architecture, layer: LayerPolicy | LayerShape, *, tokens_in
         if layer.keep_tokens < tokens_in:
             attention_macs += H * n_in * d_qk  # the class-token row that ranks the tokens
         attention_params = (
-            _norm_params(base)
+            _norm_params(base, D)
             + D * qkv_width
             + (qkv_width if base.qkv_bias else 0)
             + H * d_v * D
@@ -124,7 +127,7 @@ def layer_cost(base: Architecture, layer: LayerPolicy | LayerShape, *, tokens_in
         mlp_macs = 2 * n_out * D * h
         mlp_params = 2 * D * h + ((h + D) if base.mlp_bias else 0)
     if form != "removed":
-        mlp_params += _norm_params(base) + layer_scale
+        mlp_params += _norm_params(base, D) + layer_scale
 
     return LayerCost(
         attention_macs=attention_macs,
@@ -139,20 +142,20 @@ def layer_cost(base: Architecture, layer: LayerPolicy | LayerShape, *, tokens_in
 def cost(policy: Policy | Shape) -> Cost:
     """Per-image MACs and parameters of the model that ``policy`` (or its :class:`Shape`) builds."""
     base = policy.base
-    D = base.embed_dim
+    D = policy.embed_dim
     patch_in = base.in_chans * base.patch_size[0] * base.patch_size[1]
     embed_params = (
         D * patch_in
         + (D if base.patch_bias else 0)
         + base.num_prefix_tokens * D
         + base.pos_embed_len * D
-        + (_norm_params(base) if base.pre_norm else 0)
+        + (_norm_params(base, D) if base.pre_norm else 0)
     )
-    head_params = (_norm_params(base) if base.final_norm else 0) + base.num_classifiers * (
+    head_params = (_norm_params(base, D) if base.final_norm else 0) + base.num_classifiers * (
         D * base.num_classes + base.num_classes
     )
     layers = tuple(
-        layer_cost(base, layer, tokens_in=tokens_in)
+        layer_cost(base, layer, tokens_in=tokens_in, embed_dim=D)
         for layer, tokens_in in zip(policy.layers, policy.tokens_in, strict=True)
     )
     return Cost(

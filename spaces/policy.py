@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Literal
 
 from vitprune.spaces.errors import PolicyError
 
-FORMAT = "vitprune.policy/1"
+FORMAT = "vitprune.policy/2"
+FORMATS = ("vitprune.policy/1", FORMAT)  # what from_dict reads: /1 has no `embed` (all kept)
 
 MlpForm = Literal["removed", "gelu", "linear", "merged"]
 
@@ -164,14 +165,32 @@ class LayerPolicy:
 
 @dataclass(frozen=True)
 class Policy:
-    """A pruned ViT: the dense base plus one :class:`LayerPolicy` per block. Validates itself."""
+    """A pruned ViT: the dense base, one :class:`LayerPolicy` per block, and the kept channels of
+    the residual stream. Validates itself.
+
+    Attributes:
+        base: the dense architecture.
+        layers: what each block keeps.
+        embed: the kept channels of the residual (embedding) stream, one index set for the whole
+            model: the patch embedding, position embedding, prefix tokens, every norm, the inputs
+            of qkv and fc1, the outputs of proj and fc2, LayerScale and the classifier. ``None``
+            keeps all ``base.embed_dim`` (a full list is stored as ``None``).
+    """
 
     base: Architecture
     layers: tuple[LayerPolicy, ...]
+    embed: tuple[int, ...] | None = None
     format: ClassVar[str] = FORMAT
 
     def __post_init__(self) -> None:
+        if self.embed is not None and tuple(self.embed) == tuple(range(self.base.embed_dim)):
+            object.__setattr__(self, "embed", None)  # one spelling for "all kept"
         _validate(self)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width ``D'`` of the pruned residual stream."""
+        return self.base.embed_dim if self.embed is None else len(self.embed)
 
     @classmethod
     def keep_all(cls, base: Architecture) -> Policy:
@@ -207,6 +226,7 @@ class Policy:
             "tokens_final": layers[-1].keep_tokens,
             "attn_removed": base.depth - len(kept),
             "act_removed": sum(not layer.activation for layer in layers),
+            "embed_dim": self.embed_dim,
         }
 
     # -- JSON -----------------------------------------------------------------------------------
@@ -216,12 +236,13 @@ class Policy:
         layers = [
             {f.name: _plain(getattr(layer, f.name)) for f in fields(LayerPolicy)} for layer in self.layers
         ]
-        return {"format": FORMAT, "base": base, "layers": layers}
+        return {"format": FORMAT, "base": base, "embed": _plain(self.embed), "layers": layers}
 
     def to_json(self) -> str:
         """Canonical JSON: the base indented, one line per layer. ``from_json`` inverts it exactly."""
         doc = self.to_dict()
         head = json.dumps({"format": doc["format"], "base": doc["base"]}, indent=2)
+        head = f'{head[:-2]},\n  "embed": {json.dumps(doc["embed"])}\n}}'
         layers = ",\n    ".join(json.dumps(layer, separators=(", ", ": ")) for layer in doc["layers"])
         return f'{head[:-2]},\n  "layers": [\n    {layers}\n  ]\n}}\n'
 
@@ -233,15 +254,19 @@ class Policy:
         reader = Reader()
         if not isinstance(doc, dict):
             raise PolicyError("policy: expected a JSON object")
-        if doc.get("format") != FORMAT:
-            raise PolicyError(f"format: expected {FORMAT!r}, got {doc.get('format')!r}")
-        reader.no_extra(doc, {"format", "base", "layers"}, "")
+        if doc.get("format") not in FORMATS:
+            raise PolicyError(f"format: expected one of {', '.join(FORMATS)}, got {doc.get('format')!r}")
+        version_1 = doc["format"] == FORMATS[0]
+        reader.no_extra(doc, {"format", "base", "layers"} | (set() if version_1 else {"embed"}), "")
         base = reader.architecture(doc.get("base"), "base")
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise PolicyError("layers: expected a list with one entry per block")
+        embed = None if version_1 or doc.get("embed") is None else reader.integers(doc["embed"], "embed")
         return cls(
-            base=base, layers=tuple(reader.layer(layer, f"layers[{i}]") for i, layer in enumerate(layers))
+            base=base,
+            layers=tuple(reader.layer(layer, f"layers[{i}]") for i, layer in enumerate(layers)),
+            embed=embed,
         )
 
     @classmethod
@@ -294,6 +319,10 @@ def _check_token_prior(layer: LayerPolicy, *, prunes: bool, num_patches: int, wh
 
 def _validate(policy: Policy) -> None:
     base = policy.base
+    if policy.embed is not None:
+        _check_indices(policy.embed, size=base.embed_dim, what="embedding channels", where="embed")
+        if not policy.embed:
+            raise PolicyError("embed: the residual stream needs at least one channel")
     if len(policy.layers) != base.depth:
         raise PolicyError(f"layers: expected {base.depth} entries (base.depth), got {len(policy.layers)}")
     if base.num_patches < 1:

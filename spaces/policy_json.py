@@ -120,7 +120,7 @@ def json_schema() -> dict[str, Any]:
 
     schema = TypeAdapter(_PolicyDocument).json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://vitprune.dev/schemas/policy-1.json"
+    schema["$id"] = "https://vitprune.dev/schemas/policy-2.json"
     schema["title"] = "vitprune pruning policy"
     return schema
 
@@ -129,6 +129,7 @@ def json_schema() -> dict[str, Any]:
 class _PolicyDocument:
     """The policy file as a document: the shape :meth:`Policy.to_dict` writes."""
 
-    format: Literal["vitprune.policy/1"]
+    format: Literal["vitprune.policy/2"]
     base: Architecture
+    embed: list[int] | None = None  # kept residual channels; null keeps all (format /1 has no key)
     layers: list[LayerPolicy] = field(default_factory=list)

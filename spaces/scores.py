@@ -24,6 +24,7 @@ DIMENSIONS: dict[str, tuple[str, ...]] = {
     "mlp": ("mlp",),
     "tokens": ("token_prior", "token_fusion", "token_rates"),
     "depth": ("attn_layers", "act_layers"),
+    "embed": ("embed",),
 }
 
 
@@ -43,6 +44,8 @@ class Scores:
             fused with the online class-token attention where a layer prunes tokens (STAR).
         token_fusion: ``[layer]``, weight of the online attention in that fusion.
         token_rates: ``[layer]``, suggested keep rates of patch tokens (``token_keep: auto``).
+        embed: ``[channel]``, importance of each channel of the residual stream (one ranking for
+            every layer: the stream is pruned consistently).
     """
 
     criterion: str
@@ -55,6 +58,7 @@ class Scores:
     token_prior: tuple[tuple[float, ...], ...] | None = None
     token_fusion: tuple[float, ...] | None = None
     token_rates: tuple[float, ...] | None = None
+    embed: tuple[float, ...] | None = None
 
     def check(self, base: Architecture) -> Scores:
         """Raise :class:`InputError` unless every present field is shaped like ``base``; returns ``self``."""
@@ -69,6 +73,7 @@ class Scores:
             "token_prior": (L, base.num_patches),
             "token_fusion": (L,),
             "token_rates": (L,),
+            "embed": (base.embed_dim,),
         }
         for name, shape in expected.items():
             value = getattr(self, name)

@@ -35,10 +35,12 @@ class LayerShape:
 
 @dataclass(frozen=True)
 class Shape:
-    """The counts of a whole pruned model: its base and one :class:`LayerShape` per block."""
+    """The counts of a whole pruned model: its base, one :class:`LayerShape` per block, and the
+    width ``embed_dim`` of its residual stream."""
 
     base: Architecture
     layers: tuple[LayerShape, ...]
+    embed_dim: int
 
     @property
     def tokens_in(self) -> tuple[int, ...]:
@@ -61,7 +63,8 @@ class Shape:
                 )
                 for layer in policy.layers
             ),
+            embed_dim=policy.embed_dim,
         )
 
     def replace_layers(self, layers: Sequence[LayerShape]) -> Shape:
-        return Shape(base=self.base, layers=tuple(layers))
+        return Shape(base=self.base, layers=tuple(layers), embed_dim=self.embed_dim)

@@ -14,10 +14,11 @@ importance scores and projects it onto the budget.
   ``token_start`` (a layer index scaled to ``[0, 1]``); with ``token_keep: auto`` the shape of the
   schedule is the criterion's per-layer rates (STAR) and ``tokens`` sets its strength;
 - ``drop_attn``, ``drop_act``: how many attention / activation layers to remove (scaled to
-  ``[0, 1]``); the depth criterion ranks which.
+  ``[0, 1]``); the depth criterion ranks which;
+- ``embed``: the fraction of residual-stream channels kept, in every layer at once.
 
 ``per_layer``: one ``heads_i``, ``qk_i``, ``v_i``, ``mlp_i`` per layer (``4·L`` parameters) plus
-the token and depth parameters.
+the token, depth and ``embed`` parameters.
 
 Projection (:mod:`vitprune.spaces.budget`): the enabled dimensions of a point are shrunk or grown
 together, removed layers given back or added, and aligned steps filled layer by layer, so that the
@@ -39,7 +40,7 @@ from vitprune.spaces.scores import Scores
 from vitprune.spaces.shape import Shape
 
 WIDTHS = ("heads", "qk", "v", "mlp")
-ALL_DIMENSIONS = (*WIDTHS, "tokens", "depth")
+ALL_DIMENSIONS = (*WIDTHS, "tokens", "depth", "embed")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class SearchSpace:
             names += ["tokens"] if self.token_auto else ["tokens", "token_start"]
         if "depth" in self.dimensions:
             names += ["drop_attn", "drop_act"]
+        if "embed" in self.dimensions:
+            names += ["embed"]
         return tuple(names)
 
     def propose(self, point: Mapping[str, float], *, token_rates: Sequence[float] | None = None) -> Proposal:
@@ -122,6 +125,7 @@ class SearchSpace:
         return Proposal(
             ratios=ratios,
             free=self.dimensions,
+            embed=point["embed"] if "embed" in self.dimensions else 1.0,
             drop_attn=round(point["drop_attn"] * self.drop_attn_limit) if depth_on else 0,
             drop_act=round(point["drop_act"] * self.drop_act_limit) if depth_on else 0,
             max_drop_attn=self.drop_attn_limit if depth_on else 0,
@@ -199,8 +203,9 @@ def decode(
 
 def cheapest(space: SearchSpace, base: Architecture, *, scores: Scores | None = None) -> Shape:
     """The cheapest shape the projection can reach in ``space``: every enabled width at its
-    minimum (one head, ``align`` dims and neurons), one patch token from the first layer with
-    attention on, and as many attention layers and activations removed as the space allows.
+    minimum (one head, ``align`` dims, neurons and residual channels), one patch token from the
+    first layer with attention on, and as many attention layers and activations removed as the
+    space allows.
 
     Without ``scores`` (before the criteria have run), the depth ranking keeps the earliest
     attention layers. That is the cheapest of *every* ranking, so a budget below it is impossible
@@ -223,7 +228,12 @@ def cheapest(space: SearchSpace, base: Architecture, *, scores: Scores | None = 
         scores, drop_attn=proposal.drop_attn, drop_act=proposal.drop_act, depth=base.depth
     )
     return shape_of(
-        base, proposal.ratios_at(0.0), removed_attn=removed_attn, removed_act=removed_act, align=space.align
+        base,
+        proposal.ratios_at(0.0),
+        removed_attn=removed_attn,
+        removed_act=removed_act,
+        align=space.align,
+        embed=proposal.embed_at(0.0),
     )
 
 

@@ -57,8 +57,11 @@ def random_subset(rng: random.Random, size: int, keep: int) -> tuple[int, ...]:
     return tuple(sorted(rng.sample(range(size), keep)))
 
 
-def random_policy(base: Architecture, rng: random.Random, *, prune_tokens: bool = True) -> Policy:
-    """A random valid policy touching every dimension (heads, q/k, v, neurons, tokens, depth)."""
+def random_policy(
+    base: Architecture, rng: random.Random, *, prune_tokens: bool = True, prune_embed: bool = True
+) -> Policy:
+    """A random valid policy touching every dimension (heads, q/k, v, neurons, tokens, depth and,
+    half the time, the residual width)."""
     layers = []
     tokens = base.num_patches
     for _ in range(base.depth):
@@ -93,7 +96,10 @@ def random_policy(base: Architecture, rng: random.Random, *, prune_tokens: bool 
                 token_fusion=fusion,
             )
         )
-    return Policy(base=base, layers=tuple(layers))
+    embed = None
+    if prune_embed and rng.random() < 0.5:
+        embed = random_subset(rng, base.embed_dim, rng.randint(1, base.embed_dim - 1))
+    return Policy(base=base, layers=tuple(layers), embed=embed)
 
 
 def calibration(model, base, *, batches=2, size=8, seed=0):

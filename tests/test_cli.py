@@ -229,3 +229,25 @@ def test_the_criteria_named_in_the_help_are_the_registered_ones(capsys):
         code == 2
         and "criterion 'snpp': unknown (known: depth, hsic, magnitude, random, snp, star, taylor)" in err
     )
+
+
+def test_the_residual_width_is_a_dimension_like_any_other(tmp_path, capsys):
+    code, _, err = run(capsys, "policy", *TINY, "--keep-embed", "0.5", "-o", tmp_path / "p.json")
+    assert code == 0, err
+    policy = Policy.from_json((tmp_path / "p.json").read_text())
+    assert policy.embed_dim == 32 and all(layer.num_heads == 4 for layer in policy.layers)
+    code, _, err = run(
+        capsys, "policy", *TINY, "--keep-embed", "0.5", "--budget-macs", "0.6", "-o", tmp_path / "b.json"
+    )
+    assert code == 0, err
+    budgeted = Policy.from_json((tmp_path / "b.json").read_text())
+    dense = Policy.keep_all(budgeted.base)
+    assert budgeted.layers == dense.layers  # only the residual width moved
+    assert macs(budgeted) <= 0.6 * macs(dense)
+    wider = Policy(base=dense.base, layers=dense.layers, embed=tuple(range(budgeted.embed_dim + 8)))
+    assert macs(wider) > 0.6 * macs(dense)  # the widest aligned residual width under the budget
+    assert "budget: " in err and "of the budget" in err  # one aligned step is 1/8 of the width here
+    code, _, err = run(capsys, "apply", tmp_path / "b.json", "--out", tmp_path / "model")
+    assert code == 0, err
+    model, loaded = load_pruned(tmp_path / "model")
+    assert loaded == budgeted and model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
             f"--keep-{name}", type=_ratio, metavar="R", help=f"fraction of {what} kept (default: all)"
         )
     p.add_argument(
+        "--keep-embed",
+        type=_ratio,
+        metavar="R",
+        help="fraction of the residual (embedding) width kept, in every layer (default: all)",
+    )
+    p.add_argument(
         "--drop-attn", type=_count, metavar="N", help="attention sub-layers to remove (default: 0)"
     )
     p.add_argument(

@@ -69,6 +69,7 @@ def _requested(args: argparse.Namespace) -> frozenset[str]:
         "mlp": args.keep_mlp,
         "tokens": args.token_keep,
         "depth": args.drop_attn if args.drop_attn is not None else args.drop_act,
+        "embed": args.keep_embed,
     }
     return frozenset(dim for dim, value in given.items() if value is not None)
 
@@ -99,6 +100,7 @@ def cmd_policy(args: argparse.Namespace) -> None:
         token_start=token_start,
     )
     drop_attn, drop_act = args.drop_attn or 0, args.drop_act or 0
+    embed = 1.0 if args.keep_embed is None else args.keep_embed
     scores = _criterion_scores(args, model, base)
     dense = Policy.keep_all(base)
     if budget_given:
@@ -107,14 +109,18 @@ def cmd_policy(args: argparse.Namespace) -> None:
             if args.budget_macs is not None
             else ("params", args.budget_params, params)
         )
-        proposal = Proposal(ratios=ratios, free=requested, drop_attn=drop_attn, drop_act=drop_act)
+        proposal = Proposal(
+            ratios=ratios, free=requested, embed=embed, drop_attn=drop_attn, drop_act=drop_act
+        )
         budget = Budget(metric, _budget_limit(value, measure(dense)))
         fit = project(proposal, base=base, scores=scores, budget=budget, measure=measure, align=args.align)
         if fit.shortfall:
             console.print(f"budget: {fit.shortfall}")
         policy = fit.policy
     else:
-        policy = build_policy(base, scores, ratios, drop_attn=drop_attn, drop_act=drop_act, align=args.align)
+        policy = build_policy(
+            base, scores, ratios, drop_attn=drop_attn, drop_act=drop_act, align=args.align, embed=embed
+        )
     write_text_atomic(args.output, policy.to_json())
     console.print(f"wrote {args.output}: {base.model}, {scores.criterion}; {_summary(policy)}")
 

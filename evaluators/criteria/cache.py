@@ -33,7 +33,7 @@ from vitprune.spaces.scores import DIMENSIONS
 log = logging.getLogger(__name__)
 
 # Bump when a criterion's formulation changes, so that old cached scores are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: magnitude, random and taylor also score the residual channels (embed)
 
 
 def calibration_batches(loader: Iterable[Any], num_batches: int) -> list[Batch]:

@@ -10,11 +10,12 @@ from torch import nn
 
 from vitprune.evaluators.criteria import register_criterion
 from vitprune.evaluators.criteria.capture import nested
+from vitprune.evaluators.criteria.stream import coupled, mean_normalised, per_channel
 from vitprune.evaluators.criteria.weights import BlockWeights
 from vitprune.spaces import Architecture, InputError, Scores
 
 
-@register_criterion("magnitude", scores=("heads", "qk", "v", "mlp", "depth"))
+@register_criterion("magnitude", scores=("heads", "qk", "v", "mlp", "depth", "embed"))
 def magnitude(model: nn.Module, *, base: Architecture, data: Any = None, p: Literal[1, 2] = 1) -> Scores:
     """Scores from weight norms (``p`` = 1 or 2), products along each unit's path:
 
@@ -22,7 +23,10 @@ def magnitude(model: nn.Module, *, base: Architecture, data: Any = None, p: Lite
     - v dim: ``‖W_v[h,d]‖·‖W_proj[:,h,d]‖``; head: the sum of its v-dim scores;
     - MLP neuron ``n``: ``‖W_fc1[n]‖·‖W_fc2[:,n]‖``;
     - attention layer: ``Σ_h ‖W_proj,h · W_v,h‖`` (the size of its residual update map);
-      activation layer: the sum of its neuron scores.
+      activation layer: the sum of its neuron scores;
+    - residual channel ``c``: the norm of its slice of every coupled tensor (patch embedding,
+      tokens, norms, LayerScale, qkv/fc1 inputs, proj/fc2 outputs, classifier inputs), each
+      tensor's scores divided by their mean, averaged over the tensors.
     """
     if p not in (1, 2):
         raise InputError(f"criterion magnitude: p must be 1 or 2, got {p}")
@@ -47,10 +51,11 @@ def magnitude(model: nn.Module, *, base: Architecture, data: Any = None, p: Lite
         mlp=tuple(mlp),
         attn_layers=tuple(attn_layers),
         act_layers=tuple(act_layers),
+        embed=nested(mean_normalised([per_channel(t, axis, f"l{p}") for t, axis in coupled(model)])),
     ).check(base)
 
 
-@register_criterion("random", scores=("heads", "qk", "v", "mlp", "depth"))
+@register_criterion("random", scores=("heads", "qk", "v", "mlp", "depth", "embed"))
 def random_scores(model: nn.Module, *, base: Architecture, data: Any = None, seed: int = 0) -> Scores:
     """Uniform random scores (seeded): the baseline every criterion must beat."""
     g = torch.Generator().manual_seed(seed)
@@ -67,4 +72,5 @@ def random_scores(model: nn.Module, *, base: Architecture, data: Any = None, see
         mlp=rand(L, base.mlp_hidden),
         attn_layers=rand(L),
         act_layers=rand(L),
+        embed=rand(base.embed_dim),
     )

@@ -23,6 +23,7 @@ from vitprune.evaluators.criteria.capture import (
     require_classifier,
     require_data,
 )
+from vitprune.evaluators.criteria.stream import coupled, per_channel
 from vitprune.spaces import Architecture, Scores
 
 
@@ -52,7 +53,30 @@ def gate_gradients(
     return gates[:L], gates[L : 2 * L], gates[2 * L :]
 
 
-@register_criterion("taylor", scores=("heads", "qk", "v", "mlp"))
+def stream_gate_gradients(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """``(D,)``: for each residual channel ``c``, ``Σ w·∂L/∂w`` over every weight coupled to ``c``
+    (see :mod:`vitprune.evaluators.criteria.stream`): the first-order loss change of removing the
+    channel everywhere, for one batch (``L`` its summed cross-entropy)."""
+    tensors = list(coupled(model))
+    with torch.inference_mode(False), torch.enable_grad():
+        weights = [t for t, _ in tensors]
+        flags = [w.requires_grad for w in weights]
+        for w in weights:
+            w.requires_grad_(True)
+        try:
+            loss = F.cross_entropy(model(images), labels, reduction="sum")
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        finally:
+            for w, flag in zip(weights, flags, strict=True):
+                w.requires_grad_(flag)
+    total = torch.zeros(model.embed_dim, dtype=torch.float64)
+    for (weight, axis), grad in zip(tensors, grads, strict=True):
+        if grad is not None:
+            total += per_channel(weight.detach() * grad, axis, "sum")
+    return total
+
+
+@register_criterion("taylor", scores=("heads", "qk", "v", "mlp", "embed"))
 def taylor(model: nn.Module, *, base: Architecture, data: Any = None) -> Scores:
     """Head, q/k-dim, v-dim and MLP-neuron scores ``mean_b |∂L_b/∂m|`` over calibration images.
 
@@ -65,7 +89,9 @@ def taylor(model: nn.Module, *, base: Architecture, data: Any = None) -> Scores:
     - head ``h``: the sum of its v-dim ``g`` (one gate on the whole head output), before the
       absolute value;
     - q/k dim ``(h, d)``: one gate on ``q_{:,h,d}`` and ``k_{:,h,d}`` together (they are pruned
-      jointly): ``g = Σ_t (q_thd·∂L/∂q_thd + k_thd·∂L/∂k_thd)``.
+      jointly): ``g = Σ_t (q_thd·∂L/∂q_thd + k_thd·∂L/∂k_thd)``;
+    - residual channel ``c``: ``|Σ w·∂L/∂w|`` over every weight coupled to it, per batch
+      (:func:`stream_gate_gradients`), averaged over images.
 
     Absolute values are taken per image and then averaged, so that opposite signs in different
     images do not cancel. The model's parameters get no ``.grad``.
@@ -77,6 +103,7 @@ def taylor(model: nn.Module, *, base: Architecture, data: Any = None) -> Scores:
     qk = torch.zeros(L, H, hd, dtype=torch.float64)
     v = torch.zeros(L, H, hd, dtype=torch.float64)
     mlp = torch.zeros(L, base.mlp_hidden, dtype=torch.float64)
+    embed = torch.zeros(base.embed_dim, dtype=torch.float64)
     count = 0
     with evaluating(model):
         for images, labels in batches:
@@ -88,6 +115,7 @@ def taylor(model: nn.Module, *, base: Architecture, data: Any = None) -> Scores:
                 v[layer] += v_gate.abs().sum(0)
                 heads[layer] += v_gate.sum(-1).abs().sum(0)
                 mlp[layer] += mlp_gates[layer].abs().sum(0)
+            embed += stream_gate_gradients(model, images, labels).abs()
             count += images.shape[0]
     return Scores(
         criterion="taylor",
@@ -95,4 +123,5 @@ def taylor(model: nn.Module, *, base: Architecture, data: Any = None) -> Scores:
         qk=nested(qk / count),
         v=nested(v / count),
         mlp=nested(mlp / count),
+        embed=nested(embed / count),
     ).check(base)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vitprune.spaces import Policy
@@ -43,22 +44,45 @@ def masked_dense(model: nn.Module, policy: Policy) -> nn.Module:
 
 
 def reference_forward(model: nn.Module, policy: Policy, x: torch.Tensor) -> torch.Tensor:
-    """Explicit forward of a (masked) dense timm ViT following ``policy``'s depth and token choices."""
+    """Explicit forward of a (masked) dense timm ViT following ``policy``'s depth and token choices,
+    on the residual channels ``policy.embed`` keeps: every linear map reads or writes only those
+    columns or rows of the dense weights, and every norm normalises over them."""
     base = policy.base
     prefix = base.num_prefix_tokens
-    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    e = list(range(base.embed_dim)) if policy.embed is None else list(policy.embed)
+
+    def norm(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        if isinstance(module, nn.Identity):
+            return y
+        weight = None if module.weight is None else module.weight[e]
+        bias = None if module.bias is None else module.bias[e]
+        return F.layer_norm(y, (len(e),), weight, bias, module.eps)
+
+    def scale(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        return y if isinstance(module, nn.Identity) else y * module.gamma[e]
+
+    def reads(linear: nn.Module, y: torch.Tensor) -> torch.Tensor:  # a map from the stream
+        if isinstance(linear, nn.Identity):  # a model without a classifier returns its features
+            return y
+        return F.linear(y, linear.weight[:, e], linear.bias)
+
+    def writes(linear: nn.Linear, y: torch.Tensor) -> torch.Tensor:  # a map into the stream
+        return F.linear(y, linear.weight[e], None if linear.bias is None else linear.bias[e])
+
+    x = model._pos_embed(model.patch_embed(x))[..., e]  # elementwise: slicing commutes with it
+    x = norm(model.norm_pre, x)
     tokens = base.num_patches
     positions = torch.arange(tokens).expand(x.shape[0], -1)  # grid position of each patch token
     for block, layer in zip(model.blocks, policy.layers, strict=True):
         if layer.attention:
             attn = block.attn
-            y = block.norm1(x)
-            B, N, C = y.shape
-            qkv = attn.qkv(y).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+            y = norm(block.norm1, x)
+            B, N, _ = y.shape
+            qkv = reads(attn.qkv, y).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
             weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-            out = (weights @ v).transpose(1, 2).reshape(B, N, C)
-            x = x + block.ls1(attn.proj(out))
+            out = (weights @ v).transpose(1, 2).reshape(B, N, base.attn_dim)
+            x = x + scale(block.ls1, writes(attn.proj, out))
             if layer.keep_tokens < tokens:
                 score = weights[:, list(layer.heads), 0, prefix:].mean(dim=1)  # kept heads only
                 if layer.token_prior is not None:
@@ -73,5 +97,12 @@ def reference_forward(model: nn.Module, policy: Policy, x: torch.Tensor) -> torc
                 positions = positions[rows, index]
         tokens = layer.keep_tokens
         if layer.mlp:
-            x = x + block.ls2(block.mlp(block.norm2(x)))
-    return model.forward_head(model.norm(x))
+            mlp = block.mlp
+            hidden = mlp.act(reads(mlp.fc1, norm(block.norm2, x)))
+            x = x + scale(block.ls2, writes(mlp.fc2, hidden))
+    x = norm(model.norm, x)
+    pooled = x[:, prefix:].mean(dim=1) if base.global_pool == "avg" else x[:, 0]
+    logits = reads(model.head, norm(model.fc_norm, pooled))
+    if base.num_classifiers == 2:  # distilled DeiT at inference: the mean of both heads
+        logits = (logits + reads(model.head_dist, norm(model.fc_norm, x[:, 1]))) / 2
+    return logits

@@ -17,9 +17,9 @@ FIELDS = {
     "snp": {"heads", "qk", "v"},
     "star": {"token_prior", "token_fusion", "token_rates"},
     "depth": {"attn_layers", "act_layers"},
-    "taylor": {"heads", "qk", "v", "mlp"},
-    "magnitude": {"heads", "qk", "v", "mlp", "attn_layers", "act_layers"},
-    "random": {"heads", "qk", "v", "mlp", "attn_layers", "act_layers"},
+    "taylor": {"heads", "qk", "v", "mlp", "embed"},
+    "magnitude": {"heads", "qk", "v", "mlp", "attn_layers", "act_layers", "embed"},
+    "random": {"heads", "qk", "v", "mlp", "attn_layers", "act_layers", "embed"},
 }
 SCORE_FIELDS = (
     "heads",
@@ -31,6 +31,7 @@ SCORE_FIELDS = (
     "token_prior",
     "token_fusion",
     "token_rates",
+    "embed",
 )
 
 

@@ -68,8 +68,8 @@ def _expected(policy: Policy, fixed: float) -> float:
         hidden = len(layer.mlp)
         if hidden == 0:
             continue  # no neuron kept: the MLP sub-layer is gone
-        if not layer.activation and hidden > base.embed_dim / 2:
-            total += 1e6 * n_out + n_out * base.embed_dim  # norm2 + merged Linear(D, D)
+        if not layer.activation and hidden > policy.embed_dim / 2:
+            total += 1e6 * n_out + n_out * policy.embed_dim  # norm2 + merged Linear(D', D')
         else:
             total += 1e6 * n_out + n_out * hidden + 1e-3 * n_out * hidden  # norm2, fc1, fc2
             if layer.activation:
@@ -165,9 +165,28 @@ def test_a_real_fit_on_a_tiny_model_has_full_tables_and_round_trips_through_json
     for name, table in model.tables.items():
         size = math.prod(len(axis) for axis in table.axes)
         assert len(table.values) == size and all(v > 0 and math.isfinite(v) for v in table.values), name
-    assert model.tables["expand"].axes[1][-1] >= 3 * base.attn_dim  # the dense qkv is on the grid
+    assert model.tables["expand"].axes[2][-1] >= 3 * base.attn_dim  # the dense qkv is on the grid
+    assert model.tables["expand"].axes[1] == (base.embed_dim,)  # the residual width is not searched
     assert model.tables["sdpa"].axes[1] == (1, base.num_heads // 2, base.num_heads)
     assert model.correction != (0.0, 1.0)
     assert LatencyModel.from_json(model.to_json()) == model
     policy = random_policy(base, rng)
     assert LatencyModel.from_json(model.to_json())(policy) == model(policy)
+
+
+def test_with_the_residual_width_searched_the_tables_cover_narrower_streams():
+    _, base = tiny_model("deit")
+    rng = random.Random(4)
+    model = fit_latency_model(
+        base, batch_size=2, device=torch.device("cpu"), warmup=0, repeats=1, embed=True,
+        calibration=[random_policy(base, rng) for _ in range(2)],
+    )  # fmt: skip
+    widths = lm.embed_grid(base.embed_dim, 8)
+    assert widths == (8, 16, 32, 48, 64) and model.tables["expand"].axes[1] == widths
+    assert model.tables["norm"].axes[1] == widths and model.fixed.axes == (widths,)
+    assert LatencyModel.from_json(model.to_json()) == model
+    no_blocks = tuple(
+        LayerPolicy(False, (), (), (), True, (), base.num_patches) for _ in range(base.depth)
+    )  # the fixed part alone, at each measured residual width
+    for width, fixed in zip(widths, model.fixed.values, strict=True):
+        assert model.raw(Policy(base=base, layers=no_blocks, embed=tuple(range(width)))) == fixed

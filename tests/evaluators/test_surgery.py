@@ -216,3 +216,15 @@ def test_pruning_a_pruned_model_is_rejected():
     pruned = apply_policy(model, Policy.keep_all(base))
     with pytest.raises(InputError, match="already pruned"):
         apply_policy(pruned, Policy.keep_all(base))
+
+
+@pytest.mark.parametrize("key", sorted(TINY_MODELS))
+def test_residual_width_pruning_equals_the_reference_on_the_kept_channels(key):
+    """`embed` alone: every norm, projection, LayerScale, token and classifier keeps the same channels."""
+    model, base = tiny_model(key)
+    rng = random.Random(7)
+    policy = Policy(base=base, layers=Policy.keep_all(base).layers, embed=_some(rng, base.embed_dim, 40))
+    _assert_matches_reference(model, policy, _input(base))
+    pruned = apply_policy(model, policy)
+    assert pruned.embed_dim == pruned.num_features == 40
+    assert sum(p.numel() for p in pruned.parameters()) == params(policy) < params(Policy.keep_all(base))

@@ -41,7 +41,7 @@ def context_cache_dir(context):
     key = next(key for key, value in _CONTEXTS.items() if value is context)
     from pathlib import Path
 
-    return Path(key.split("|")[-1])
+    return Path(key[-1])
 
 
 def test_the_trained_model_is_cached_on_disk(context, tmp_path_factory):

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from helpers import TINY_MODELS, random_policy, tiny_model
 
-from vitprune.spaces import LayerPolicy, Policy, PolicyError
+from vitprune.spaces import InputError, LayerPolicy, Policy, PolicyError
 from vitprune.spaces.policy_json import json_schema
 
 
@@ -32,7 +32,33 @@ def test_json_round_trip_is_exact(key):
         again = Policy.from_json(text)
         assert again == policy
         assert again.to_json() == text
-        assert json.loads(text)["format"] == "vitprune.policy/1"
+        assert json.loads(text)["format"] == "vitprune.policy/2"
+
+
+def test_version_1_files_still_load_and_keep_every_channel(base):
+    """`vitprune.policy/1` (before the residual width could be pruned) has no `embed` key."""
+    rng = random.Random(2)
+    policy = random_policy(base, rng, prune_embed=False)
+    doc = policy.to_dict()
+    doc["format"] = "vitprune.policy/1"
+    del doc["embed"]
+    assert Policy.from_dict(doc) == policy and Policy.from_dict(doc).embed_dim == base.embed_dim
+    with pytest.raises(InputError, match=r"embed: unknown field"):
+        Policy.from_dict(doc | {"embed": [0, 1]})  # a /1 document cannot prune the residual width
+
+
+def test_embed_channels_are_validated_and_a_full_list_means_all(base):
+    assert (
+        Policy(base=base, layers=Policy.keep_all(base).layers, embed=tuple(range(base.embed_dim))).embed
+        is None
+    )
+    doc = Policy.keep_all(base).to_dict()
+    with pytest.raises(InputError, match=r"embed: index 64 out of range for 64 embedding channels"):
+        Policy.from_dict(doc | {"embed": [0, 64]})
+    with pytest.raises(InputError, match=r"embed: indices must be strictly increasing, got 3 then 2"):
+        Policy.from_dict(doc | {"embed": [3, 2]})
+    with pytest.raises(InputError, match=r"embed: the residual stream needs at least one channel"):
+        Policy.from_dict(doc | {"embed": []})
 
 
 def test_keep_all_is_keep_all(base):
@@ -120,7 +146,10 @@ def test_token_pruning_needs_a_class_token():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(format="vitprune.policy/0"), "format: expected 'vitprune.policy/1'"),
+        (
+            lambda d: d.update(format="vitprune.policy/0"),
+            "format: expected one of vitprune.policy/1, vitprune.policy/2, got 'vitprune.policy/0'",
+        ),
         (lambda d: d["base"].pop("embed_dim"), "base.embed_dim: missing"),
         (lambda d: d["base"].update(patch_size=[16]), "base.patch_size: expected two integers"),
         (lambda d: d.update(layers=d["layers"][:2]), "layers: expected 3 entries (base.depth), got 2"),

@@ -35,10 +35,11 @@ def scores(base):
         attn_layers=r(L),
         act_layers=r(L),
         token_rates=(1.0, 0.5, 0.8),
+        embed=r(base.embed_dim),
     )
 
 
-def test_compact_space_has_twelve_float_parameters():
+def test_compact_space_has_thirteen_float_parameters():
     space = SearchSpace("compact", depth=12)
     assert space.parameters() == (
         "heads",
@@ -53,12 +54,13 @@ def test_compact_space_has_twelve_float_parameters():
         "token_start",
         "drop_attn",
         "drop_act",
+        "embed",
     )
 
 
-def test_per_layer_space_has_four_per_layer_plus_token_and_depth():
+def test_per_layer_space_has_four_per_layer_plus_token_depth_and_embed():
     space = SearchSpace("per_layer", depth=12)
-    assert len(space.parameters()) == 4 * 12 + 4
+    assert len(space.parameters()) == 4 * 12 + 5
     assert "mlp_11" in space.parameters()
 
 
@@ -156,5 +158,6 @@ def test_summary_describes_the_structure(base, scores):
         "tokens_final",
         "attn_removed",
         "act_removed",
+        "embed_dim",
     }
     assert 0 < summary["mlp_ratio"] <= 1 and summary["tokens_final"] <= base.num_patches
