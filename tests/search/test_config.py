@@ -35,7 +35,7 @@ def test_the_embedded_default_spec():
     assert prefix == "metadata.vitprune."
     assert spec.budget.metric == "macs" and spec.budget.limit(1000) == 500
     assert spec.trials.total == 24 and spec.trials.concurrent == 2
-    assert set(spec.space.dimensions) == {"heads", "qk", "v", "mlp", "tokens", "depth"}
+    assert set(spec.space.dimensions) == {"heads", "qk", "v", "mlp", "tokens", "depth", "embed"}
 
 
 @pytest.mark.parametrize(
