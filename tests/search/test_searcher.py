@@ -208,3 +208,21 @@ def test_a_checkpoint_newer_than_searcher_json_wins(tmp_path):
         "COMPLETED",
         "RUNNING",
     ]
+
+
+def test_after_a_resume_the_progress_counts_the_whole_search(tmp_path, caplog):
+    """A resumed driver's progress line says "trials 3/6 done", not "1/6": Ax holds every outcome."""
+    searcher = _searcher(tmp_path, max_trials=6, concurrency=3)
+    points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(3)}
+    for trial_id in ("t0", "t1"):
+        searcher.on_trial_complete(trial_id, _final(points[trial_id]))
+    resumed = AxSearcher.__new__(AxSearcher)
+    resumed.__setstate__(searcher.get_state())  # what Tune's restore gives back
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vitprune.search.searcher"):
+        resumed.on_trial_complete("t2", _final(points["t2"]))
+    progress = resumed.progress()
+    assert (progress["completed"], progress["planned"], progress["session_ended"]) == (3, 6, 1)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("trials "))
+    assert line.startswith("trials 3/6 done, 0 running, 0 failed · best accuracy")
+    assert json.loads((tmp_path / "progress.json").read_text())["completed"] == 3
