@@ -22,7 +22,8 @@ import timm
 import torch
 
 from vitprune.evaluators import describe, models  # noqa: F401  (registers the digits ViT)
-from vitprune.spaces import Architecture, Policy, Scores, macs, params
+from vitprune.spaces import Architecture, Policy, macs, params
+from vitprune.spaces.scores import random_scores
 from vitprune.spaces.space import Budget, SearchSpace, decode
 
 MODELS = {"digits": "vitprune_digits_vit", "DeiT-S": "deit_small_patch16_224"}
@@ -34,33 +35,11 @@ def architecture(name: str) -> Architecture:
     return describe(model, name=name, model_args={})
 
 
-def random_scores(base: Architecture, seed: int) -> Scores:
-    rng = random.Random(seed)
-
-    def draw(*shape: int):
-        if len(shape) == 1:
-            return tuple(rng.random() for _ in range(shape[0]))
-        return tuple(draw(*shape[1:]) for _ in range(shape[0]))
-
-    L, H, hd = base.depth, base.num_heads, base.head_dim
-    return Scores(
-        criterion="random",
-        heads=draw(L, H),
-        qk=draw(L, H, hd),
-        v=draw(L, H, hd),
-        mlp=draw(L, base.mlp_hidden),
-        attn_layers=draw(L),
-        act_layers=draw(L),
-        token_rates=tuple(0.5 + 0.5 * x for x in draw(L)),
-        embed=draw(base.embed_dim),
-    )
-
-
 def landing(base: Architecture, *, kind: str, metric: str, fraction: float, points: int, seed: int) -> dict:
     measure = {"macs": macs, "params": params}[metric]
     budget = Budget(metric, fraction * measure(Policy.keep_all(base)))
     space = SearchSpace(kind, depth=base.depth)
-    scores = random_scores(base, seed)
+    scores = random_scores(base, seed=seed)
     rng = random.Random(seed)
     ratios, started = [], time.perf_counter()
     for _ in range(points):

@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from vitprune.argtypes import whole_number
 from vitprune.search.rundir import RunDir
 from vitprune.spaces import InputError
 
@@ -299,24 +300,8 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
         serve(run, host=args.host, port=args.port)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 1..65535, got {text}")
-    return value
-
-
-def _trial_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a trial number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (an Ax trial index), got {text}")
-    return value
+_port = whole_number(low=1, high=65535, what="a port number")
+_trial_index = whole_number(low=0, what="an Ax trial index")
 
 
 RUN_DIR_HELP = "a search's run directory (runs/<name>, or the --run-dir the search was given)"

@@ -9,6 +9,7 @@ the search space and decoder stay free of torch.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -118,6 +119,31 @@ class Scores:
         doc = json.loads(text)
         values = {f.name: _tuples(doc.get(f.name)) for f in fields(cls) if f.name != "criterion"}
         return cls(criterion=doc["criterion"], **values)
+
+
+def random_scores(base: Architecture, *, seed: int = 0) -> Scores:
+    """Seeded uniform scores for every dimension, from Python's RNG (no torch, no model): for studies
+    of the projection and the cost model on architectures alone, where rankings do not change any
+    count. Token rates are drawn in ``[0.5, 1]``. The ``random`` criterion is the torch baseline."""
+    rng = random.Random(seed)
+
+    def draw(*shape: int) -> Any:
+        if len(shape) == 1:
+            return tuple(rng.random() for _ in range(shape[0]))
+        return tuple(draw(*shape[1:]) for _ in range(shape[0]))
+
+    L, H, hd = base.depth, base.num_heads, base.head_dim
+    return Scores(
+        criterion=f"uniform-{seed}",
+        heads=draw(L, H),
+        qk=draw(L, H, hd),
+        v=draw(L, H, hd),
+        mlp=draw(L, base.mlp_hidden),
+        attn_layers=draw(L),
+        act_layers=draw(L),
+        token_rates=tuple(0.5 + 0.5 * x for x in draw(L)),
+        embed=draw(base.embed_dim),
+    )
 
 
 def _tuples(value: Any) -> Any:

@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from vitprune import __version__
+from vitprune import __version__, argtypes
+from vitprune.argtypes import ratio, whole_number
 from vitprune.commands import (
     cmd_apply,
     cmd_cost,
@@ -35,35 +36,7 @@ Command = Callable[[argparse.Namespace], int | None]
 # The registered criteria (vitprune.evaluators.criteria.criterion_names(), which imports torch):
 # named here so that `vitprune --help` answers at once; a test keeps the two equal.
 CRITERIA = ("depth", "hsic", "magnitude", "random", "snp", "star", "taylor")
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a ratio in [0, 1], got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _budget(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"must be a fraction of dense in (0, 1] or an absolute count > 1, got {text}"
-        )
-    return value
+count = whole_number(low=0)
 
 
 def _model_arg(text: str) -> tuple[str, Any]:
@@ -126,23 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("mlp", "MLP neurons"),
     ):
         p.add_argument(
-            f"--keep-{name}", type=_ratio, metavar="R", help=f"fraction of {what} kept (default: all)"
+            f"--keep-{name}", type=ratio, metavar="R", help=f"fraction of {what} kept (default: all)"
         )
     p.add_argument(
         "--keep-embed",
-        type=_ratio,
+        type=ratio,
         metavar="R",
         help="fraction of the residual (embedding) width kept, in every layer (default: all)",
     )
+    p.add_argument("--drop-attn", type=count, metavar="N", help="attention sub-layers to remove (default: 0)")
     p.add_argument(
-        "--drop-attn", type=_count, metavar="N", help="attention sub-layers to remove (default: 0)"
-    )
-    p.add_argument(
-        "--drop-act", type=_count, metavar="N", help="MLP activations to remove (fc1·fc2 merge; default: 0)"
+        "--drop-act", type=count, metavar="N", help="MLP activations to remove (fc1·fc2 merge; default: 0)"
     )
     p.add_argument(
         "--token-keep",
-        type=_ratio,
+        type=ratio,
         metavar="R",
         help="fraction of patch tokens kept at each layer from --token-start on (default: all)",
     )
@@ -157,11 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
         "--budget-macs",
-        type=_budget,
+        type=argtypes.budget,
         metavar="B",
         help="move the asked-for dimensions so MACs land just under B (a fraction of dense if <= 1)",
     )
-    budget.add_argument("--budget-params", type=_budget, metavar="B", help="the same for parameters")
+    budget.add_argument("--budget-params", type=argtypes.budget, metavar="B", help="the same for parameters")
     p.add_argument(
         "--data", default="digits", help="calibration data for data-driven criteria (default: digits)"
     )

@@ -10,8 +10,9 @@ import timm
 import torch
 
 from vitprune.evaluators import describe, models  # noqa: F401  (registers the digits ViT)
-from vitprune.spaces import InputError, LayerRatios, Policy, Scores, macs, params
+from vitprune.spaces import InputError, LayerRatios, Policy, macs, params
 from vitprune.spaces.budget import DIMENSIONS, Budget, Proposal, project
+from vitprune.spaces.scores import random_scores
 from vitprune.spaces.shape import Shape
 from vitprune.spaces.space import SearchSpace, cheapest, check_budget, decode
 
@@ -24,32 +25,10 @@ def architecture(name):
     return describe(model, name=name, model_args={})
 
 
-def random_scores(base, seed=0):
-    rng = random.Random(seed)
-
-    def r(*shape):
-        if len(shape) == 1:
-            return tuple(rng.random() for _ in range(shape[0]))
-        return tuple(r(*shape[1:]) for _ in range(shape[0]))
-
-    L, H, hd = base.depth, base.num_heads, base.head_dim
-    return Scores(
-        criterion="random",
-        heads=r(L, H),
-        qk=r(L, H, hd),
-        v=r(L, H, hd),
-        mlp=r(L, base.mlp_hidden),
-        attn_layers=r(L),
-        act_layers=r(L),
-        token_rates=tuple(0.5 + 0.5 * x for x in r(L)),
-        embed=r(base.embed_dim),
-    )
-
-
 @pytest.fixture(scope="module")
 def digits():
     base = architecture("vitprune_digits_vit")
-    return base, random_scores(base)
+    return base, random_scores(base, seed=0)
 
 
 @pytest.fixture(scope="module")
