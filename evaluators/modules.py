@@ -76,14 +76,17 @@ class PrunedAttention(nn.Module):
         k = k.view(B, N, self.num_heads, self.qk_dim).transpose(1, 2)
         v = v.view(B, N, self.num_heads, self.v_dim).transpose(1, 2)
         # Zero dims change no score and add zero output columns, so padding is exact; without it,
-        # unequal widths fall back to the math kernel, which is slower than the dense model.
+        # unequal widths fall back to the math kernel, which is slower than the dense model. Equal
+        # widths need no padding (F.pad would still copy q, k and v: 36 copies a pass in DeiT-S).
+        padded = (q, k, v)
+        if self.qk_dim != self.v_dim:
+            qk_pad, v_pad = (0, self.sdpa_dim - self.qk_dim), (0, self.sdpa_dim - self.v_dim)
+            padded = (F.pad(q, qk_pad), F.pad(k, qk_pad), F.pad(v, v_pad))
         out = F.scaled_dot_product_attention(
-            F.pad(q, (0, self.sdpa_dim - self.qk_dim)),
-            F.pad(k, (0, self.sdpa_dim - self.qk_dim)),
-            F.pad(v, (0, self.sdpa_dim - self.v_dim)),
-            dropout_p=self.attn_drop if self.training else 0.0,
-            scale=self.scale,
-        )[..., : self.v_dim]
+            *padded, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )
+        if self.qk_dim != self.v_dim:
+            out = out[..., : self.v_dim]
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, self.attn_dim)))
         return out, (cls_attention(q, k, self.scale) if self.score_tokens else None)
 
@@ -148,8 +151,10 @@ class KeepTokens(nn.Module):
                 -1, keepdim=True
             )
         index = score.topk(self.keep, dim=1).indices
-        patches = x.gather(1, (index + prefix).unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return torch.cat([x[:, :prefix], patches], dim=1), positions.gather(1, index)
+        # One gather of the prefix and the kept patches (concatenating the small index, not the tokens).
+        prefix_rows = torch.arange(prefix, device=x.device).expand(x.shape[0], -1)
+        rows = torch.cat([prefix_rows, index + prefix], dim=1)
+        return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1])), positions.gather(1, index)
 
     def extra_repr(self) -> str:
         fused = f", fusion={self.fusion:.3g}" if self.prior is not None else ""
