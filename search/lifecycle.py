@@ -156,8 +156,14 @@ class Search:
             if self._resuming:
                 self._result = resume_tune(run.tune_experiment, trainable_with_plan, resources=resources)
                 return
+            optimizer = _optimizer(plan)
+            start = (
+                [optimizer.attach(plan.space.uniform_point(), name="uniform")]
+                if spec.generation.uniform_start
+                else []
+            )
             searcher = AxSearcher(
-                _optimizer(plan), max_trials=spec.trials.total, snapshot_path=run.experiment
+                optimizer, max_trials=spec.trials.total, snapshot_path=run.experiment, start=start
             )
             self._result = run_tune(
                 trainable_with_plan,

@@ -131,6 +131,18 @@ class Optimizer:
         self._client = client
 
     # -------------------------------------------------------------------- generate
+    def attach(self, point: Mapping[str, float], *, name: str) -> int:
+        """Add a trial at a point chosen by hand (RUNNING, like a suggested one); returns its index.
+
+        A search starts from the uniform policy this way: a strong, known point the GP then
+        improves on (its point counts as one of the initial trials).
+        """
+        missing = sorted(set(self.parameter_names) - set(point))
+        if missing:
+            raise ValueError(f"attach: the point lacks {missing}")
+        self._changed()
+        return self._writable_client("attach").attach_trial(parameters=dict(point), arm_name=name)
+
     def suggest(self, n: int = 1) -> dict[int, dict[str, float]]:
         """Create up to ``n`` trials with one ``Client.get_next_trials`` call (one model fit).
 

@@ -113,8 +113,8 @@ def trial_records(experiment: Any) -> list[TrialRecord]:
                 status=trial.status.name,
                 parameters=floats(trial.arm.parameters),
                 metrics=observed.get(index, {}),
-                node=node or "?",
-                generator=generator or "?",
+                node=node or ("start" if generator is None else "?"),  # attached by hand: a start point
+                generator=generator or "manual",
                 model=model.__name__ if model is not None else None,
                 acquisition=acquisition.__name__ if acquisition is not None else None,
                 reason=trial.status_reason,

@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class AxSearcher(Searcher):
             decide when the search is done).
         snapshot_path: Where the Ax snapshot (``experiment.json``) is rewritten after every trial
             that ends; made absolute, since Tune changes working directories.
+        start: Ax trials already created by hand (``Optimizer.attach``), handed out first.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class AxSearcher(Searcher):
         *,
         max_trials: int,
         snapshot_path: str | os.PathLike[str] | None = None,
+        start: Sequence[int] = (),
     ) -> None:
         if max_trials < 1:
             raise ValueError(f"max_trials: must be at least 1, got {max_trials}")
@@ -93,7 +96,7 @@ class AxSearcher(Searcher):
         self.max_trials = max_trials
         self.snapshot_path = Path(snapshot_path).absolute() if snapshot_path is not None else None
         self._max_concurrent: int | None = None
-        self._queue: list[int] = []  # Ax trials generated in a batch, not yet given to Tune
+        self._queue: list[int] = list(start)  # Ax trials created, not yet given to Tune (a batch, starts)
         self._live: dict[str, int] = {}  # Tune trial id → Ax index, handed out and not ended
         self._ended: dict[str, int] = {}  # Tune trial id → Ax index, ended in Ax
         self._rerunning: set[str] = set()  # resumed by Tune, though their Ax trial ended: see restore

@@ -162,6 +162,12 @@ class GenerationSpec(Section):
     num_restarts: int = Field(4, gt=0)
     raw_samples: int = Field(256, gt=0)
     maxiter: int = Field(200, gt=0, description="L-BFGS iterations per acquisition restart")
+    uniform_start: bool = Field(
+        True, description="the first trial is the uniform policy (every enabled dimension scaled alike)"
+    )
+    uniform_start: bool = Field(
+        True, description="the first trial is the uniform policy (every enabled dimension scaled alike)"
+    )
 
 
 class ResourcesSpec(Section):

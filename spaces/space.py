@@ -104,6 +104,14 @@ class SearchSpace:
             names += ["embed"]
         return tuple(names)
 
+    def uniform_point(self) -> dict[str, float]:
+        """The point of the uniform policy: every keep ratio 1, no slope, tokens kept from the first
+        layer on, no layer removed. The projection then scales every enabled dimension alike onto
+        the budget (each layer keeps the same share of its heads, dims, neurons, residual channels
+        and entering tokens): the strong, simple baseline a search starts from."""
+        fixed = {"token_start": 0.0, "drop_attn": 0.0, "drop_act": 0.0}
+        return {name: fixed.get(name, 0.5 if name.endswith("_slope") else 1.0) for name in self.parameters()}
+
     def propose(self, point: Mapping[str, float], *, token_rates: Sequence[float] | None = None) -> Proposal:
         """Per-layer keep ratios and depth counts of ``point`` (before the budget projection).
 

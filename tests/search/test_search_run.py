@@ -58,7 +58,10 @@ def test_every_planned_trial_ran_and_a_failure_did_not_stop_the_search(run):
     rows = _rows(run_dir)
     assert outcome.trials == 5 and len(rows) == 5
     assert [row["status"] for row in rows].count("FAILED") == 1 and rows[1]["status"] == "FAILED"
-    assert [row["node"] for row in rows][:3] == ["Sobol"] * 3 and "GP" in {row["node"] for row in rows[3:]}
+    # the uniform policy first (attached by hand), Sobol for the rest of the initial trials, then the GP
+    assert [row["node"] for row in rows][:3] == ["start", "Sobol", "Sobol"]
+    assert "GP" in {row["node"] for row in rows[3:]}
+    assert all(float(rows[0][f"point_{name}"]) == 1.0 for name in ("heads", "mlp", "embed", "tokens"))
 
 
 def test_every_trial_is_within_the_budget(run):

@@ -191,3 +191,24 @@ def test_the_cheapest_without_scores_is_the_cheapest_of_every_depth_ranking(digi
         assert macs(cheapest(space, base, scores=random_scores(base, seed=seed))) >= floor
     with pytest.raises(InputError, match=r"budget\.macs: .* is below the cheapest policy"):
         check_budget(space=space, base=base, budget=Budget("macs", 0.99 * floor), measure=macs)
+
+
+@pytest.mark.parametrize("kind", ["compact", "per_layer"])
+def test_the_uniform_point_scales_every_enabled_dimension_alike(digits, kind):
+    """The point a search starts from decodes to the uniform policy: the same share of every
+    layer's heads, dims, neurons, residual channels and entering tokens, no layer removed."""
+    base, scores = digits
+    space = SearchSpace(kind, depth=base.depth)
+    budget = Budget("macs", 0.4 * macs(Policy.keep_all(base)))
+    fit = decode(space.uniform_point(), space=space, base=base, scores=scores, budget=budget, measure=macs)
+    uniform = project(
+        Proposal(ratios=(LayerRatios(),) * base.depth, free=space.dimensions),
+        base=base,
+        scores=scores,
+        budget=budget,
+        measure=macs,
+    )
+    assert fit.policy == uniform.policy and fit.scale == uniform.scale < 1
+    summary = fit.policy.summary()
+    assert summary["attn_removed"] == summary["act_removed"] == 0
+    assert len({layer.mlp_hidden for layer in fit.policy.layers}) <= 2  # one width, up to the fill
