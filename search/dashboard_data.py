@@ -272,6 +272,7 @@ def state_document(run: RunDir, snapshot: Snapshot | None = None, *, loading: bo
                 "exists": run.experiment.exists(),
                 "loaded": snapshot is not None,
                 "loading": loading,
+                "trials": len(snapshot.records) if snapshot is not None else 0,  # a newer snapshot knows more
             },
         }
     )

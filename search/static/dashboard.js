@@ -29,7 +29,7 @@ let state = null;         // the last /api/state document
 let stateTag = null;      // its ETag: nothing is redrawn while it does not change
 let chosen = null;        // the trial the user clicked, or null for the default (the best)
 let axisChoice = null;    // the cost the user chose for the x axis, or null for the search's own
-let shownKey = null;      // "trial:status:snapshot loaded" of the structure on screen
+let shownKey = null;      // "trial:status:trials in the snapshot" of the structure on screen
 
 // ------------------------------------------------------------------ formatting
 const $ = (id) => document.getElementById(id);
@@ -417,7 +417,8 @@ async function showStructure() {
     return placeholder("structure-plot", waitingMessage());
   }
   const row = findRow(trial);
-  const key = `${trial}:${row ? row.status : "?"}:${state.snapshot.loaded}`;  // Ax knows running trials' points
+  // Ax knows running trials' points, once a snapshot written after they started is loaded
+  const key = `${trial}:${row ? row.status : "?"}:${state.snapshot.trials}`;
   if (key === shownKey) return;
   shownKey = key;
   try {

@@ -232,7 +232,7 @@ def test_before_ax_is_loaded_trials_come_from_their_folders(tmp_path):
     assert rows[2]["structure"] == policy.summary() and rows[2]["finetune_seconds"] == 3.5
     assert rows[2]["node"] is None and rows[2]["feasible"] is True
     assert state["best"] == 2 and state["best_so_far"] == [[0, 0.81], [2, 0.86]]
-    assert not state["snapshot"]["loaded"]
+    assert not state["snapshot"]["loaded"] and state["snapshot"]["trials"] == 0
 
 
 def test_a_stopped_search_shows_its_running_trials_as_interrupted(snapshot_run, tmp_path):
@@ -271,6 +271,8 @@ def test_the_ax_snapshot_gives_nodes_failure_reasons_and_axs_best(snapshot_run):
     assert rows[1]["reason"] == "RuntimeError: injected failure"  # error.txt says more than Ax's reason
     assert snapshot.best == 2 and state["best"] == 2 and not snapshot.multi_objective
     assert rows[0]["accuracy"] == pytest.approx(0.81) and state["snapshot"]["loaded"]
+    # the page redraws a running trial's structure when a newer snapshot knows more trials
+    assert state["snapshot"]["trials"] == len(snapshot.records) == 4
 
 
 def test_a_pareto_search_shows_axs_front_against_latency(tmp_path):
