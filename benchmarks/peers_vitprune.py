@@ -1,0 +1,155 @@
+"""vitprune's contenders in the race of ``benchmarks/peers.py``: uniform policies and the search.
+
+- **uniform**: every keep ratio of every enabled dimension starts at 1 and the budget projection
+  (:func:`vitprune.spaces.budget.project`, the search's own) shrinks them by one scale ``t``
+  until MACs land just under the budget: heads, q/k and v dims, MLP neurons and the residual
+  width (``embed``, once the engine has it) keep about ``t`` of the dense model in every layer,
+  and each layer keeps ``t`` of the patch tokens that enter it (so the token count shrinks
+  geometrically with depth). With ``depth`` enabled, layers are removed only where even the
+  narrowest widths exceed the budget, which no budget here needs: a uniform policy keeps every
+  layer. Units are ranked by the search's criteria (``search.yaml``).
+- **search**: :class:`vitprune.search.Search` on the same spec with the budget set; the race then
+  fine-tunes its best *policy* from the dense weights with the common recipe.
+
+The dimensions are those the search space knows (:data:`vitprune.spaces.space.ALL_DIMENSIONS`)
+unless the caller narrows them, so a new dimension joins the uniform policy when it lands.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vitprune.evaluators.criteria import calibration_batches, scores_by_dimension
+from vitprune.evaluators.dense import cache_root
+from vitprune.evaluators.io import load_pruned
+from vitprune.evaluators.measure import accuracy
+from vitprune.evaluators.trial import TrialContext
+from vitprune.search.spec import SearchSpec, TrialsSpec
+from vitprune.spaces import Architecture, InputError, LayerRatios, Policy, Scores, macs
+from vitprune.spaces.budget import Budget, Fit, Proposal, project
+from vitprune.spaces.space import ALL_DIMENSIONS, WIDTHS
+
+Progress = Callable[[str], None]
+
+
+def criteria_scores(
+    spec: SearchSpec, context: TrialContext, dimensions: Sequence[str], *, cache_dir: Path | None = None
+) -> Scores:
+    """The search's criteria for ``dimensions``, on the calibration batches a search draws."""
+    named = [dim for dim in ALL_DIMENSIONS if dim in type(spec.criteria).model_fields]
+    missing = [dim for dim in dimensions if dim not in named]
+    if missing:
+        raise InputError(
+            f"criteria.{missing[0]}: the spec names no criterion for this dimension "
+            f"(narrow --dimensions to {' '.join(named)})"
+        )
+    batches = calibration_batches(
+        context.data.calibration_loader(seed=spec.seed), spec.criteria.calibration_batches
+    )
+    return scores_by_dimension(
+        spec.criteria.by_dimension(list(dimensions)),
+        context.dense,
+        base=context.base,
+        data=batches,
+        cache_dir=cache_dir or cache_root() / "scores",
+    )
+
+
+def uniform_policy(
+    base: Architecture,
+    scores: Scores,
+    *,
+    budget_macs: float,
+    dimensions: Sequence[str],
+    align: int = 8,
+) -> Fit:
+    """The uniform policy of ``dimensions`` (module docstring) projected onto ``budget_macs``.
+
+    >>> uniform_policy(base, scores, budget_macs=0.5 * macs(Policy.keep_all(base)),  # doctest: +SKIP
+    ...                dimensions=ALL_DIMENSIONS).policy.summary()
+    """
+    unknown = sorted(set(dimensions) - set(ALL_DIMENSIONS))
+    if unknown:
+        raise InputError(f"dimensions: unknown {unknown[0]!r} (known: {', '.join(ALL_DIMENSIONS)})")
+    depth_on = "depth" in dimensions
+    proposal = Proposal(
+        ratios=(LayerRatios(),) * base.depth,  # keep 1 everywhere: the projection's scale is the ratio
+        free=frozenset(dimensions),
+        max_drop_attn=base.depth // 2 if depth_on else 0,
+        max_drop_act=base.depth if depth_on else 0,
+    )
+    return project(
+        proposal, base=base, scores=scores, budget=Budget("macs", budget_macs), measure=macs, align=align
+    )
+
+
+UNIFORM = {"uniform-all": None, "uniform-widths": WIDTHS}  # None: every dimension of the run
+
+
+def run_search(
+    spec: SearchSpec,
+    *,
+    fraction: float,
+    trials: int,
+    run_dir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
+    """One search at ``fraction`` of dense MACs with ``trials`` trials; its best policy and how it
+    was found. The dense model and the criteria are the spec's, so they are the race's."""
+    from vitprune.search.lifecycle import Search
+
+    spec = spec.model_copy(
+        update={
+            "budget": spec.budget.model_copy(update={"macs": f"{fraction * 100:g}%"}),
+            "trials": TrialsSpec(
+                total=trials,
+                concurrent=min(spec.trials.concurrent, trials),
+                initial=min(spec.trials.initial, trials),
+                max_failures=spec.trials.max_failures,
+            ),
+        }
+    )
+    started = time.perf_counter()
+    outcome = Search(spec, run_dir=run_dir, progress=progress).run()
+    if outcome.best is None:
+        raise RuntimeError(
+            f"search at {fraction:.0%}: no feasible trial completed (see {run_dir}/trials.csv)"
+        )
+    trial_model, policy = load_pruned(run_dir / "best_model")
+    best = outcome.best
+    return {
+        "policy": policy,
+        "trial_model": trial_model,
+        "record": {
+            "run_dir": str(run_dir),
+            "trials": outcome.trials,
+            "completed": outcome.completed,
+            "wall_s": time.perf_counter() - started,
+            "suggest_s": outcome.suggest_s,
+            "best_trial": best["trial"],
+            "point": best["metrics"].get("point"),
+            "trial_search_val": best["metrics"]["accuracy"],
+            "dimensions": list(spec.space.dimensions),
+            "generation": spec.generation.method,
+            "trials_finetune": json.loads(spec.finetune.model_dump_json()),
+        },
+    }
+
+
+def trial_model_test(model: nn.Module, context: TrialContext) -> float:
+    """Test accuracy of the search's own fine-tuned model (for reference next to the recipe's)."""
+    return accuracy(model, context.data.eval_loader("test")).top1
+
+
+def policy_record(policy: Policy, fit: Fit | None = None) -> dict[str, Any]:
+    """What a table needs about a vitprune policy: its structure and how it landed."""
+    record: dict[str, Any] = {"structure": policy.summary()}
+    if fit is not None:
+        record |= {"scale": fit.scale, "filled": fit.filled, "shortfall": fit.shortfall}
+    return record
