@@ -165,9 +165,6 @@ class GenerationSpec(Section):
     uniform_start: bool = Field(
         True, description="the first trial is the uniform policy (every enabled dimension scaled alike)"
     )
-    uniform_start: bool = Field(
-        True, description="the first trial is the uniform policy (every enabled dimension scaled alike)"
-    )
 
 
 class ResourcesSpec(Section):
