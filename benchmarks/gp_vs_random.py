@@ -1,12 +1,22 @@
-"""GP-EI against random (Sobol) search on the embedded default, same number of trials, several
-seeds: best search-val accuracy, the best policy's test accuracy, wall time and the optimiser's
-share of it.
+"""Does the search beat random search and the uniform policy on *test*? (issues 5 and 13)
 
-    python benchmarks/gp_vs_random.py                     # 3 seeds × {gp_ei, random}, search.yaml
-    python benchmarks/gp_vs_random.py --seeds 5 --config search.yaml
-    python benchmarks/gp_vs_random.py --budget-macs 25%   # a budget where the policy matters more
+Per search seed, on ``search.yaml``'s spec at ``--budget-macs``, the same number of trials each:
 
-The dense model is trained once (cached) before the timed runs. Prints a Markdown table.
+- ``gp_ei``: the search as shipped (trial 0 the uniform policy, then Sobol, then GP-EI);
+- ``random``: Sobol points only (``generation.method: random``, no uniform start);
+- ``uniform``: no search: the uniform policy of every enabled dimension (what trial 0 decodes to).
+
+A search picks its best trial by search-val accuracy; that trial's own model is what ``export``
+hands back, and its test accuracy is one fine-tune's. To compare *policies* rather than fine-tune
+luck, each best policy (and the uniform one) is also fine-tuned again from the dense weights with
+the race's recipe (``benchmarks/peers_recipe.py``: the spec's fine-tune, seeds 100, 101, …,
+which no trial uses) and its test accuracy averaged over ``--recipe-seeds``.
+
+    python benchmarks/gp_vs_random.py --budget-macs 25% --out gp.json   # 3 seeds, about 25 min
+    python benchmarks/gp_vs_random.py --seeds 5 --methods gp_ei random
+    python benchmarks/gp_vs_random.py --search-val-fraction 0.15        # the old, smaller split
+
+The dense model is trained once (cached) before the timed runs. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -15,64 +25,241 @@ import argparse
 import datetime
 import json
 import statistics
+import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-from vitprune.evaluators.io import load_pruned
-from vitprune.evaluators.measure import accuracy
+import torch
+from peers_recipe import finetune_and_measure, mean_sd
+from peers_setup import command, environment, log, write_report
+from peers_vitprune import criteria_scores, policy_record, run_search, trial_model_test, uniform_policy
+
+from vitprune.evaluators.surgery import apply_policy
 from vitprune.evaluators.trial import cached_context
-from vitprune.search.lifecycle import Search
-from vitprune.search.spec import load_spec
+from vitprune.search.spec import SearchSpec, load_spec
+from vitprune.spaces import Policy, macs
+
+METHODS = ("gp_ei", "random", "uniform")
+RECIPE_SEED0 = 100  # trials fine-tune with the search seed; the recipe's seeds are others
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="search.yaml")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", default=["gp_ei", "random"])
-    parser.add_argument("--budget-macs", help='override the MACs budget, e.g. "25%"')
-    args = parser.parse_args()
+    add = parser.add_argument
+    add("--config", default="search.yaml")
+    add("--seeds", type=int, default=3, help="search seeds (0, 1, ...)")
+    add("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    add("--budget-macs", help='override the MACs budget, e.g. "25%%"')
+    add("--trials", type=int, help="trials per search (default: the config's)")
+    add("--recipe-seeds", type=int, default=3, help="fine-tunes of each best policy (0: none)")
+    add("--search-val-fraction", type=float, help="override data.search_val_fraction")
+    add("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
+    add("--out", type=Path, help="write every figure as JSON")
+    add("--resume", action="store_true", help="keep the rows already in --out; run only the missing seeds")
+    return parser.parse_args(argv)
 
+
+def configured(args: argparse.Namespace) -> SearchSpec:
     spec, _ = load_spec(args.config)
+    update: dict[str, Any] = {}
     if args.budget_macs:
-        spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"macs": args.budget_macs})})
-    context = cached_context(spec.model, spec.data, spec.dense_training)  # train once, outside the timings
-    test_loader = context.data.eval_loader("test")
-    print(
-        f"# {args.config}: {spec.trials.total} trials, {spec.trials.concurrent} at a time, budget "
-        f"{spec.budget.metric} {getattr(spec.budget, spec.budget.metric)}; dense test accuracy "
-        f"{context.dense_test_accuracy:.4f}; {datetime.date.today()}"
-    )
-    print("| method | seed | best search-val | its test accuracy | MACs ratio | wall s | suggest s (share) |")
-    print("|---|---|---|---|---|---|---|")
-    summary: dict[str, list[tuple[float, float]]] = {method: [] for method in args.methods}
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(args.seeds):
-            for method in args.methods:
-                run_spec = spec.model_copy(
-                    update={"seed": seed, "generation": spec.generation.model_copy(update={"method": method})}
-                )
-                run_dir = Path(scratch) / f"{method}-{seed}"
-                outcome = Search(run_spec, run_dir=run_dir, progress=lambda line: None).run()
-                best = json.loads((run_dir / "best_policy.json").read_text())
-                model, _ = load_pruned(run_dir / "best_model")
-                test = accuracy(model, test_loader).top1
-                summary[method].append((best["metrics"]["accuracy"], test))
-                print(
-                    f"| {method} | {seed} | {best['metrics']['accuracy']:.4f} | {test:.4f} | "
-                    f"{best['ratios']['macs']:.3f} | {outcome.wall_s:.0f} | {outcome.suggest_s:.1f} "
-                    f"({outcome.suggest_s / outcome.wall_s:.1%}) |",
-                    flush=True,
-                )
-    for method, results in summary.items():
-        val = [v for v, _ in results]
-        test = [t for _, t in results]
-        spread = statistics.stdev(val) if len(val) > 1 else 0.0
-        print(
-            f"# {method}: best search-val {statistics.mean(val):.4f} ± {spread:.4f}, "
-            f"test {statistics.mean(test):.4f} (mean over {len(results)} seeds)"
+        update["budget"] = spec.budget.model_copy(update={"macs": args.budget_macs})
+    if args.search_val_fraction:
+        update["data"] = spec.data.model_copy(update={"search_val_fraction": args.search_val_fraction})
+    return spec.model_copy(update=update)
+
+
+class Comparison:
+    def __init__(self, spec: SearchSpec, args: argparse.Namespace, report: dict[str, Any]) -> None:
+        self.spec, self.args, self.report = spec, args, report
+        self.context = cached_context(spec.model, spec.data, spec.dense_training)
+        self.rows: list[dict[str, Any]] = report.setdefault("rows", [])
+        self.dense_macs = macs(self.context.dense_policy)
+        self.fraction = spec.budget.limit(self.dense_macs) / self.dense_macs
+
+    def recipe_test(self, policy: Policy) -> dict[str, Any]:
+        """The policy fine-tuned from the dense weights once per recipe seed: test accuracy."""
+        model = apply_policy(self.context.dense, policy)
+        seeds = range(RECIPE_SEED0, RECIPE_SEED0 + self.args.recipe_seeds)
+        configs = [self.spec.finetune.model_copy(update={"seed": seed}) for seed in seeds]
+        runs = [finetune_and_measure(model, self.context, config) for config in configs]
+        tests = [run["test"]["accuracy"] for run in runs]
+        return mean_sd(tests) | {"runs": tests} if tests else {}
+
+    def search(self, method: str, seed: int, root: Path) -> dict[str, Any]:
+        generation = self.spec.generation.model_copy(
+            update={"method": method, "uniform_start": method == "gp_ei"}
         )
+        spec = self.spec.model_copy(update={"seed": seed, "generation": generation})
+        found = run_search(
+            spec,
+            fraction=self.fraction,
+            trials=self.args.trials or spec.trials.total,
+            run_dir=root / f"{method}-{seed}",
+            progress=lambda line: None,
+        )
+        record = found["record"]
+        return {
+            "search_val": record["trial_search_val"],
+            "best_trial": record["best_trial"],
+            "trial_test": trial_model_test(found["trial_model"], self.context),
+            "wall_s": record["wall_s"],
+            "suggest_s": record["suggest_s"],
+            "policy": found["policy"],
+        }
+
+    def uniform(self) -> dict[str, Any]:
+        dimensions = list(self.spec.space.dimensions)
+        scores = criteria_scores(self.spec, self.context, dimensions)
+        limit = self.fraction * self.dense_macs
+        fit = uniform_policy(self.context.base, scores, budget_macs=limit, dimensions=dimensions)
+        return {"policy": fit.policy}
+
+    def run(self, root: Path) -> None:
+        uniform: dict[str, Any] | None = None
+        done = {(row["method"], row["seed"]) for row in self.rows}
+        for seed in range(self.args.seeds):
+            for method in self.args.methods:
+                if (method, seed) in done:
+                    continue
+                if method == "uniform":
+                    if uniform is None:  # one policy, whatever the seed: measured once
+                        uniform = self.uniform()
+                        uniform["recipe_test"] = self.recipe_test(uniform["policy"])
+                    row = dict(uniform)
+                else:
+                    row = self.search(method, seed, root)
+                    row["recipe_test"] = self.recipe_test(row["policy"])
+                policy = row.pop("policy")
+                row |= {"method": method, "seed": seed, "macs_ratio": macs(policy) / self.dense_macs}
+                row |= policy_record(policy)
+                self.rows.append(row)
+                log(f"{method} seed {seed}: {line(row)}")
+                write_report(self.args.out, self.report)
+
+
+def line(row: dict[str, Any]) -> str:
+    parts = []
+    if "search_val" in row:
+        parts.append(f"best search-val {row['search_val']:.4f} (trial {row['best_trial']})")
+        parts.append(f"its model's test {row['trial_test']:.4f}")
+    if row.get("recipe_test"):
+        parts.append(f"recipe test {row['recipe_test']['mean']:.4f} ± {row['recipe_test']['sd']:.4f}")
+    return ", ".join(parts)
+
+
+def tables(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    out = [
+        f"# {report['command']} ({report['date']}): {report['trials']} trials per search, MACs budget "
+        f"{report['budget']}, {report['search_val_images']} search-val and {report['test_images']} test "
+        f"images, dense test {report['dense_test']:.4f}",
+        "",
+        "| method | seed | best search-val | its model's test | policy's test (recipe seeds) | MACs ratio "
+        "| wall s | suggestions s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(row: dict[str, Any], key: str, fmt: str = "{:.4f}") -> str:
+        return fmt.format(row[key]) if row.get(key) is not None else "–"
+
+    for row in rows:
+        recipe = row.get("recipe_test") or {}
+        recipe_cell = f"{recipe['mean']:.4f} ± {recipe['sd']:.4f}" if recipe else "–"
+        out.append(
+            f"| {row['method']} | {row['seed']} | {cell(row, 'search_val')} | {cell(row, 'trial_test')} | "
+            f"{recipe_cell} | {row['macs_ratio']:.3f} | {cell(row, 'wall_s', '{:.0f}')} | "
+            f"{cell(row, 'suggest_s', '{:.1f}')} |"
+        )
+    out += ["", "| method | best search-val | its model's test | policy's test | seeds |"]
+    out += ["|---|---|---|---|---|"]
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], []).append(row)
+
+    def summary(values: list[float]) -> str:
+        if not values:
+            return "–"
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+
+    for method, group in by_method.items():
+        seeds = sorted({row["seed"] for row in group})
+        unique = group[:1] if method == "uniform" else group
+        out.append(
+            f"| {method} | {summary([r['search_val'] for r in unique if 'search_val' in r])} | "
+            f"{summary([r['trial_test'] for r in unique if 'trial_test' in r])} | "
+            f"{summary([r['recipe_test']['mean'] for r in unique if r.get('recipe_test')])} | {len(seeds)} |"
+        )
+    out.append("")
+    for other in ("random", "uniform"):
+        pairs = _paired(by_method, "gp_ei", other)
+        if pairs:
+            wins, ties = sum(d > 0 for d in pairs), sum(d == 0 for d in pairs)
+            deltas = ", ".join(f"{d:+.4f}" for d in pairs)
+            out.append(
+                f"- GP-EI − {other}, policy's test, per seed: {deltas} "
+                f"(GP-EI ahead in {wins}, tied in {ties} of {len(pairs)})"
+            )
+    return "\n".join(out)
+
+
+def _paired(by_method: dict[str, list[dict[str, Any]]], a: str, b: str) -> list[float]:
+    if a not in by_method or b not in by_method:
+        return []
+    b_rows = {row["seed"]: row for row in by_method[b]}
+    fallback = by_method[b][0] if b == "uniform" else None
+    pairs = []
+    for row in by_method[a]:
+        other = b_rows.get(row["seed"], fallback)
+        if other is not None and row.get("recipe_test") and other.get("recipe_test"):
+            pairs.append(row["recipe_test"]["mean"] - other["recipe_test"]["mean"])
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    previous: list[dict[str, Any]] = []
+    if args.resume:
+        if args.out is None or not args.out.exists():
+            print("gp_vs_random: error: --resume needs an existing --out report", file=sys.stderr)
+            return 2
+        previous = json.loads(args.out.read_text())["rows"]
+    spec = configured(args)
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "format": "vitprune.gp_vs_random/2",
+        "date": datetime.date.today().isoformat(),
+        "command": command("gp_vs_random.py", argv),
+        "environment": environment(),
+        "trials": args.trials or spec.trials.total,
+        "recipe": spec.finetune.model_dump(mode="json")
+        | {"seeds": list(range(RECIPE_SEED0, RECIPE_SEED0 + args.recipe_seeds))},
+        "rows": previous,
+    }
+    torch.set_num_threads(1)  # the searches' trials run one thread each; so does the recipe
+    comparison = Comparison(spec, args, report)
+    report |= {
+        "budget": f"{comparison.fraction:.0%}",
+        "dense_test": comparison.context.dense_test_accuracy,
+        "search_val_images": len(comparison.context.data.search_val),
+        "test_images": len(comparison.context.data.test),
+    }
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            comparison.run(args.keep or Path(scratch))
+    finally:
+        if "ray" in sys.modules:  # the private Ray the searches started
+            import ray
+
+            ray.shutdown()
+    report["wall_s"] = time.perf_counter() - started
+    write_report(args.out, report)
+    print(tables(report))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

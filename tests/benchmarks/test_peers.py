@@ -25,7 +25,7 @@ needs_torch_pruning = pytest.mark.skipif(
     not HAS_TORCH_PRUNING, reason="torch-pruning is not installed (optional)"
 )
 BUDGETS = {"50%": 0.5, "25%": 0.25}
-QUICK_SEARCH_VAL, QUICK_TEST, QUICK_EMBED, QUICK_PATCHES = 216, 360, 32, 16  # the --quick digits ViT
+QUICK_SEARCH_VAL, QUICK_TEST, QUICK_EMBED, QUICK_PATCHES = 432, 360, 32, 16  # the --quick digits ViT
 
 
 @pytest.fixture(scope="module")
