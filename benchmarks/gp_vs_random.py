@@ -12,7 +12,7 @@ luck, each best policy (and the uniform one) is also fine-tuned again from the d
 the race's recipe (``benchmarks/peers_recipe.py``: the spec's fine-tune, seeds 100, 101, …,
 which no trial uses) and its test accuracy averaged over ``--recipe-seeds``.
 
-    python benchmarks/gp_vs_random.py --budget-macs 25% --out gp.json   # 3 seeds, about 25 min
+    python benchmarks/gp_vs_random.py --budget-macs 25% --out gp.json   # 3 seeds, about 10 min
     python benchmarks/gp_vs_random.py --seeds 5 --methods gp_ei random
     python benchmarks/gp_vs_random.py --search-val-fraction 0.15        # the old, smaller split
 
@@ -22,7 +22,6 @@ The dense model is trained once (cached) before the timed runs. Prints Markdown 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 from peers_recipe import finetune_and_measure, mean_sd
-from peers_setup import command, environment, log, write_report
+from peers_setup import log, report_header, write_report
 from peers_vitprune import criteria_scores, policy_record, run_search, trial_model_test, uniform_policy
 
 from vitprune.evaluators.surgery import apply_policy
@@ -230,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = configured(args)
     started = time.perf_counter()
     report: dict[str, Any] = {
-        "format": "vitprune.gp_vs_random/2",
-        "date": datetime.date.today().isoformat(),
-        "command": command("gp_vs_random.py", argv),
-        "environment": environment(),
+        **report_header("gp_vs_random", 2, argv),
         "trials": args.trials or spec.trials.total,
         "recipe": spec.finetune.model_dump(mode="json")
         | {"seeds": list(range(RECIPE_SEED0, RECIPE_SEED0 + args.recipe_seeds))},

@@ -31,7 +31,6 @@ Prints Markdown tables; ``--out`` writes every figure as JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import random
 import statistics
@@ -42,7 +41,7 @@ from typing import Any
 
 import torch
 from peers_recipe import finetune_and_measure
-from peers_setup import command, environment, log, quick_spec, write_report
+from peers_setup import log, quick_spec, report_header, write_report
 from peers_vitprune import criteria_scores
 from scipy.stats import spearmanr
 
@@ -318,11 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Sobol, seed {args.seed}",
         )
     report: dict[str, Any] = {
-        "format": "vitprune.objective_noise/1",
-        "date": datetime.date.today().isoformat(),
-        "command": command("objective_noise.py", argv),
+        **report_header("objective_noise", 1, argv),
         "quick": args.quick,
-        "environment": environment(),
         "budget": args.budget,
         "policies": len(points),
         "points": source,

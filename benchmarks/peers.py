@@ -29,7 +29,6 @@ Prints Markdown tables; ``--out`` writes every figure as JSON (rewritten after e
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import os
@@ -43,7 +42,7 @@ import gpu_torch_pruning as recipe
 import peers_torch_pruning as tp
 import torch
 from peers_recipe import finetune_and_measure, summarise
-from peers_setup import QUICK_LATENCY_ARGS, command, environment, log, quick_spec, write_report
+from peers_setup import QUICK_LATENCY_ARGS, log, quick_spec, report_header, write_report
 from peers_tables import goals, markdown
 from peers_vitprune import criteria_scores, policy_record, run_search, trial_model_test, uniform_policy
 
@@ -291,11 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     report: dict[str, Any] = {
-        "format": "vitprune.peers/1",
-        "date": datetime.date.today().isoformat(),
-        "command": command("peers.py", argv),
+        **report_header("peers", 1, argv),
         "quick": args.quick,
-        "environment": environment(),
         "budgets": args.budgets,
     }
     threads, ray_was_up = torch.get_num_threads(), _ray_up()

@@ -3,6 +3,7 @@ settings, the environment record, progress lines, and writing the JSON report.""
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import json
 import os
@@ -60,6 +61,17 @@ def environment() -> dict[str, Any]:
 
 def command(script: str, argv: list[str] | None) -> str:
     return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def report_header(name: str, version: int, argv: list[str] | None) -> dict[str, Any]:
+    """What every JSON report of ``benchmarks/NAME.py`` starts with: its format, the date, the
+    exact command and the environment."""
+    return {
+        "format": f"vitprune.{name}/{version}",
+        "date": datetime.date.today().isoformat(),
+        "command": command(f"{name}.py", argv),
+        "environment": environment(),
+    }
 
 
 def log(line: str) -> None:
