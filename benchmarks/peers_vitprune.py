@@ -3,7 +3,7 @@
 - **uniform**: every keep ratio of every enabled dimension starts at 1 and the budget projection
   (:func:`vitprune.spaces.budget.project`, the search's own) shrinks them by one scale ``t``
   until MACs land just under the budget: heads, q/k and v dims, MLP neurons and the residual
-  width (``embed``, once the engine has it) keep about ``t`` of the dense model in every layer,
+  width (``embed``) keep about ``t`` of the dense model in every layer,
   and each layer keeps ``t`` of the patch tokens that enter it (so the token count shrinks
   geometrically with depth). With ``depth`` enabled, layers are removed only where even the
   narrowest widths exceed the budget, which no budget here needs: a uniform policy keeps every
@@ -31,9 +31,9 @@ from vitprune.evaluators.io import load_pruned
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.trial import TrialContext
 from vitprune.search.spec import SearchSpec, TrialsSpec
-from vitprune.spaces import Architecture, InputError, LayerRatios, Policy, Scores, macs
-from vitprune.spaces.budget import Budget, Fit, Proposal, project
-from vitprune.spaces.space import ALL_DIMENSIONS, WIDTHS
+from vitprune.spaces import Architecture, InputError, Policy, Scores, macs
+from vitprune.spaces.budget import Budget, Fit
+from vitprune.spaces.space import ALL_DIMENSIONS, WIDTHS, SearchSpace, decode
 
 Progress = Callable[[str], None]
 
@@ -69,24 +69,15 @@ def uniform_policy(
     dimensions: Sequence[str],
     align: int = 8,
 ) -> Fit:
-    """The uniform policy of ``dimensions`` (module docstring) projected onto ``budget_macs``.
+    """The uniform policy of ``dimensions`` (module docstring) projected onto ``budget_macs``: the
+    point a search starts from (:meth:`SearchSpace.uniform_point`), decoded as its trial 0 is.
 
     >>> uniform_policy(base, scores, budget_macs=0.5 * macs(Policy.keep_all(base)),  # doctest: +SKIP
     ...                dimensions=ALL_DIMENSIONS).policy.summary()
     """
-    unknown = sorted(set(dimensions) - set(ALL_DIMENSIONS))
-    if unknown:
-        raise InputError(f"dimensions: unknown {unknown[0]!r} (known: {', '.join(ALL_DIMENSIONS)})")
-    depth_on = "depth" in dimensions
-    proposal = Proposal(
-        ratios=(LayerRatios(),) * base.depth,  # keep 1 everywhere: the projection's scale is the ratio
-        free=frozenset(dimensions),
-        max_drop_attn=base.depth // 2 if depth_on else 0,
-        max_drop_act=base.depth if depth_on else 0,
-    )
-    return project(
-        proposal, base=base, scores=scores, budget=Budget("macs", budget_macs), measure=macs, align=align
-    )
+    space = SearchSpace("compact", depth=base.depth, dimensions=frozenset(dimensions), align=align)
+    budget = Budget("macs", budget_macs)
+    return decode(space.uniform_point(), space=space, base=base, scores=scores, budget=budget, measure=macs)
 
 
 UNIFORM = {"uniform-all": None, "uniform-widths": WIDTHS}  # None: every dimension of the run
