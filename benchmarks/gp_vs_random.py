@@ -2,8 +2,9 @@
 
 Per search seed, on ``search.yaml``'s spec at ``--budget-macs``, the same number of trials each:
 
-- ``gp_ei``: the search as shipped (trial 0 the uniform policy, then Sobol, then GP-EI);
-- ``random``: Sobol points only (``generation.method: random``, no uniform start);
+- ``gp_ei``: the search as shipped (the start trials, then Sobol, then GP-EI, then the selection
+  among finalists);
+- ``random``: Sobol points only (``generation.method: random``, no start trials);
 - ``uniform``: no search: the uniform policy of every enabled dimension (what trial 0 decodes to).
 
 A search picks its best trial by search-val accuracy; that trial's own model is what ``export``
@@ -89,7 +90,11 @@ class Comparison:
 
     def search(self, method: str, seed: int, root: Path) -> dict[str, Any]:
         generation = self.spec.generation.model_copy(
-            update={"method": method, "uniform_start": method == "gp_ei"}
+            update={
+                "method": method,
+                "uniform_start": method == "gp_ei",
+                "single_dimension_starts": method == "gp_ei",
+            }
         )
         spec = self.spec.model_copy(update={"seed": seed, "generation": generation})
         found = run_search(
@@ -100,7 +105,7 @@ class Comparison:
             progress=lambda line: None,
         )
         record = found["record"]
-        return {
+        row = {
             "search_val": record["trial_search_val"],
             "best_trial": record["best_trial"],
             "trial_test": trial_model_test(found["trial_model"], self.context),
@@ -108,6 +113,15 @@ class Comparison:
             "suggest_s": record["suggest_s"],
             "policy": found["policy"],
         }
+        selection = record.get("selection")
+        if selection:  # what the search would have returned without it: Ax's best, the first finalist
+            first = selection["finalists"][0]["trial"]
+            row["selection"] = selection
+            if first != record["best_trial"]:
+                trial = Path(record["run_dir"]) / "trials" / f"{first:04d}"
+                policy = Policy.from_json((trial / "policy.json").read_text())
+                row["without_selection"] = {"trial": first, "recipe_test": self.recipe_test(policy)}
+        return row
 
     def uniform(self) -> dict[str, Any]:
         dimensions = list(self.spec.space.dimensions)
@@ -177,6 +191,7 @@ def tables(report: dict[str, Any]) -> str:
     by_method: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_method.setdefault(row["method"], []).append(row)
+    notes: list[str] = []
 
     def summary(values: list[float]) -> str:
         if not values:
@@ -184,6 +199,19 @@ def tables(report: dict[str, Any]) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
 
+    changed = [row for row in rows if row.get("without_selection")]
+    for method, group in by_method.items():
+        selected = [row for row in group if row.get("selection")]
+        moved = [row for row in changed if row["method"] == method]
+        if selected:
+            gains = [
+                row["recipe_test"]["mean"] - row["without_selection"]["recipe_test"]["mean"] for row in moved
+            ]
+            deltas = f"; policy's test, chosen − Ax's best: {', '.join(f'{g:+.4f}' for g in gains)}"
+            notes.append(
+                f"- {method}: the selection chose another trial than Ax's best in {len(moved)} of "
+                f"{len(selected)} searches{deltas if gains else ''}"
+            )
     for method, group in by_method.items():
         seeds = sorted({row["seed"] for row in group})
         unique = group[:1] if method == "uniform" else group
@@ -202,7 +230,7 @@ def tables(report: dict[str, Any]) -> str:
                 f"- GP-EI − {other}, policy's test, per seed: {deltas} "
                 f"(GP-EI ahead in {wins}, tied in {ties} of {len(pairs)})"
             )
-    return "\n".join(out)
+    return "\n".join([*out, *notes])
 
 
 def _paired(by_method: dict[str, list[dict[str, Any]]], a: str, b: str) -> list[float]:

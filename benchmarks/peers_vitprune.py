@@ -126,6 +126,7 @@ def run_search(
             "best_trial": best["trial"],
             "point": best["metrics"].get("point"),
             "trial_search_val": best["metrics"]["accuracy"],
+            "selection": best.get("selection"),
             "dimensions": list(spec.space.dimensions),
             "generation": spec.generation.method,
             "trials_finetune": json.loads(spec.finetune.model_dump_json()),

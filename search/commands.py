@@ -90,6 +90,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"search-val accuracy {metrics['accuracy']:.4f} at {best['ratios']['macs']:.1%} of dense MACs, "
         f"{best['ratios']['params']:.1%} of dense params{latency}"
     )
+    if "selection" in best:
+        finalists = best["selection"]["finalists"]
+        chosen = next(f for f in finalists if f["trial"] == best["trial"])
+        console.print(
+            f"chosen among trials {', '.join(str(f['trial']) for f in finalists)} by "
+            f"{best['selection']['chosen_by']}: {chosen['mean_accuracy']:.4f}"
+        )
     return 0
 
 

@@ -23,7 +23,7 @@ from vitprune.search.records import TrialRecord
 from vitprune.search.rundir import RunDir
 from vitprune.spaces import Policy, macs, params
 
-PHASES = ("dense training", "criteria", "latency model", "trials", "finished")
+PHASES = ("dense training", "criteria", "latency model", "trials", "selection", "finished")
 ENDED = ("finished", "failed", "interrupted")
 TIMES = ("finetune_seconds", "decode_seconds", "latency_seconds")
 
@@ -250,7 +250,11 @@ def state_document(run: RunDir, snapshot: Snapshot | None = None, *, loading: bo
             "objective": spec.get("objective", "accuracy"),
             "pareto": pareto,
             "phase": phase,
-            "phases": [p for p in PHASES if p != "latency model" or latency_budget],
+            "phases": [
+                p
+                for p in PHASES
+                if (p != "latency model" or latency_budget) and (p != "selection" or _selects(spec, pareto))
+            ],
             "progress": {key: value for key, value in progress.items() if key != "best"} or None,
             "planned": progress.get("planned") or (spec.get("trials") or {}).get("total"),
             "budget": {
@@ -418,3 +422,9 @@ def decode_point(run: RunDir, point: dict[str, float]) -> Policy:
         budget=budget,
         measure=cost_function(budget.metric, latency_model),
     ).policy
+
+
+def _selects(spec: dict[str, Any], pareto: bool) -> bool:
+    """Whether the search ends with a selection phase (``search.selection``: finalists fine-tuned again)."""
+    selection = spec.get("selection") or {}
+    return not pareto and selection.get("finalists", 1) > 1 and selection.get("seeds", 0) > 0

@@ -16,10 +16,8 @@ is :class:`~vitprune.search.rundir.RunDir`.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,12 +26,14 @@ from typing import Any
 
 from vitprune.search.monitor import Monitor
 from vitprune.search.noise import quiet_third_party
-from vitprune.search.plan import Plan, prepare, provenance
+from vitprune.search.plan import Plan, prepare
 from vitprune.search.preflight import check_cluster, check_spec
+from vitprune.search.results import finalize
 from vitprune.search.rundir import RunDir
 from vitprune.search.spec import SearchSpec
+from vitprune.search.starts import start_points
 from vitprune.search.trainable import REPORTED, run_trial
-from vitprune.spaces import InputError, Policy, macs, params
+from vitprune.spaces import InputError
 from vitprune.spaces.errors import one_line
 from vitprune.spaces.files import write_text_atomic
 
@@ -157,11 +157,11 @@ class Search:
                 self._result = resume_tune(run.tune_experiment, trainable_with_plan, resources=resources)
                 return
             optimizer = _optimizer(plan)
-            start = (
-                [optimizer.attach(plan.space.uniform_point(), name="uniform")]
-                if spec.generation.uniform_start
-                else []
-            )
+            starts = start_points(plan)
+            start = [optimizer.attach(point, name=name) for name, point in starts]
+            if starts:
+                named = zip(start, starts, strict=True)
+                log.info("start trials: %s", ", ".join(f"{i} {name}" for i, (name, _) in named))
             searcher = AxSearcher(
                 optimizer, max_trials=spec.trials.total, snapshot_path=run.experiment, start=start
             )
@@ -185,7 +185,7 @@ class Search:
             raise SearchStateError("finish: no trials have run in this session; call run_trials() first")
         optimizer = self._result.optimizer
         with _log_file(self.run_dir):
-            best, front, completed = finalize(self.run_dir, optimizer, self.plan)
+            best, front, completed = finalize(self.run_dir, optimizer, self.plan, monitor=self.monitor)
         self.monitor.close("finished")
         return Outcome(
             run_dir=self.run_dir.root,
@@ -294,91 +294,6 @@ def storage_url(spec: SearchSpec, run: RunDir) -> str | None:
     if not spec.storage.enabled:
         return None
     return spec.storage.sql_url or f"sqlite:///{run.ax_db}"
-
-
-def finalize(
-    run: RunDir, optimizer: Any, plan: Plan
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None, int]:
-    """Write ``trials.csv``, then the best feasible trial (``best_policy.json``, ``best_model/``) or,
-    for a Pareto objective, the feasible front (``pareto_front.json``, ``pareto_front/NNNN/``)."""
-    from vitprune.search.records import NoFeasibleTrialError
-    from vitprune.search.tables import write_trials_csv
-
-    rows = write_trials_csv(run, optimizer.trials(), dense=plan.dense_policy)
-    _log_landing(rows)
-    completed = sum(row["status"] == "COMPLETED" for row in rows)
-    try:
-        chosen = optimizer.pareto_frontier() if optimizer.multi_objective else [optimizer.best()]
-    except NoFeasibleTrialError:
-        return None, ([] if optimizer.multi_objective else None), completed
-    documents = [trial_document(run, point.index, plan) for point in chosen]
-    if optimizer.multi_objective:
-        front = {
-            "format": "vitprune.pareto/1",
-            "objectives": ["accuracy", "-latency_ms"],
-            "trials": documents,
-            "provenance": provenance(plan),
-        }
-        write_text_atomic(run.pareto_front, json.dumps(front, indent=2))
-        _replace_tree(run.pareto_models, {f"{d['trial']:04d}": run.trial(d["trial"]) for d in documents})
-        return None, documents, completed
-    (best,) = documents
-    write_text_atomic(
-        run.best_policy,
-        json.dumps({"format": "vitprune.best/1", **best, "provenance": provenance(plan)}, indent=2),
-    )
-    _replace_tree(run.best_model, run.trial(best["trial"]))
-    return best, None, completed
-
-
-def trial_document(run: RunDir, index: int, plan: Plan) -> dict[str, Any]:
-    """A finished trial as results report it: metrics, ratios to dense, structure, policy."""
-    source = run.trial(index)
-    policy = Policy.from_json((source / "policy.json").read_text())
-    metrics = json.loads((source / "metrics.json").read_text())
-    dense = plan.dense_policy
-    ratios = {"macs": macs(policy) / macs(dense), "params": params(policy) / params(dense)}
-    if plan.budget.metric == "latency_ms":
-        ratios["latency_ms"] = metrics["latency_ms"] / plan.dense_cost
-    return {
-        "trial": index,
-        "metrics": metrics,
-        "ratios": ratios,
-        "structure": policy.summary(),
-        "policy": policy.to_dict(),
-    }
-
-
-def _replace_tree(target: Path, sources: Path | dict[str, Path]) -> None:
-    """Copy ``sources`` (one folder, or name → folder) to ``target``, replacing it atomically."""
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    if isinstance(sources, Path):
-        shutil.copytree(sources, staging)
-    else:
-        staging.mkdir()
-        for name, source in sources.items():
-            shutil.copytree(source, staging / name)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-
-def _log_landing(rows: list[dict[str, Any]]) -> None:
-    ratios = sorted(row["budget_ratio"] for row in rows if row.get("budget_ratio") is not None)
-    if not ratios:
-        return
-    short = [row for row in rows if row.get("budget_shortfall")]
-    log.info(
-        "budget landing over %d trials: cost/budget min %.3f, median %.3f, max %.3f; %d below 99 %%%s",
-        len(ratios),
-        ratios[0],
-        ratios[len(ratios) // 2],
-        ratios[-1],
-        len(short),
-        f" (trials {', '.join(str(row['trial']) for row in short)}: see budget_shortfall in trials.csv)"
-        if short
-        else "",
-    )
 
 
 @contextlib.contextmanager

@@ -25,7 +25,16 @@ from vitprune.spaces.files import write_text_atomic
 log = logging.getLogger("vitprune.search")
 
 LOG_EVERY_S = 5.0
-PHASES = ("dense training", "criteria", "latency model", "trials", "finished", "failed", "interrupted")
+PHASES = (
+    "dense training",
+    "criteria",
+    "latency model",
+    "trials",
+    "selection",
+    "finished",
+    "failed",
+    "interrupted",
+)
 
 
 class Monitor:

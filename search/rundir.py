@@ -11,10 +11,13 @@
     ax.db                the same experiment in Ax's SQL storage (when storage.enabled)
     searcher.json        the searcher's state as of the last trial that ended (for --resume)
     progress.json        trials done, running, queued, the best so far, ETA: rewritten as trials start and end
-    phase.json           what the search is doing (dense training, criteria, latency model, trials, finished)
+    phase.json           what the search is doing (dense training, criteria, latency model, trials,
+                         selection, finished)
     trials/NNNN/         each trial's policy.json, model.safetensors and metrics.json (error.txt if it failed)
+    trials/NNNN/selection/seed-S.json   a finalist fine-tuned again with seed S (search.selection)
     trials.csv           one row per trial: parameters, structure, metrics, status, times
-    best_policy.json     one objective: the best feasible policy by observed value, with provenance
+    best_policy.json     one objective: the best feasible policy (by observed value, or the finalist with
+                         the best mean when selection is on), with every finalist's scores and provenance
     best_model/          its fine-tuned weights, loadable with vitprune.load_pruned
     pareto_front.json    Pareto objective: every trial on the feasible front, with provenance
     pareto_front/NNNN/   the model of each front trial
@@ -67,6 +70,10 @@ class RunDir:
         if index < 0:
             raise InputError(f"--trial: must be >= 0, got {index}")
         return self.root / "trials" / f"{index:04d}"
+
+    def refit(self, index: int, seed: int) -> Path:
+        """Trial ``index`` fine-tuned again with ``seed`` for the final selection: its result."""
+        return self.trial(index) / "selection" / f"seed-{seed}.json"
 
     def trial_metrics(self, index: int) -> dict[str, Any] | None:
         """The ``metrics.json`` a finished trial wrote (last, after its model), if any."""

@@ -112,6 +112,33 @@ class SearchSpace:
         fixed = {"token_start": 0.0, "drop_attn": 0.0, "drop_act": 0.0}
         return {name: fixed.get(name, 0.5 if name.endswith("_slope") else 1.0) for name in self.parameters()}
 
+    def single_dimension_points(self) -> dict[str, dict[str, float]]:
+        """Enabled dimension → the uniform point with that dimension alone at its narrowest (its
+        keep ratios 0, or its most layers removed). When that point's cost at scale 1 is within the
+        budget, the projection grows only this dimension back onto it (scale ``t ≥ 1`` leaves keep
+        ratios of 1 unchanged) and every other dimension stays dense: the "prune one dimension
+        alone" corners of the space, which random and GP points almost never reach. When it is
+        not, the projection shrinks everything and the point is another mixed policy."""
+        if len(self.dimensions) < 2:
+            return {}
+        uniform = self.uniform_point()
+        narrowest: dict[str, dict[str, float]] = {
+            "tokens": {"tokens": 0.0},
+            "depth": {"drop_attn": 1.0, "drop_act": 1.0},
+            "embed": {"embed": 0.0},
+        }
+        points = {}
+        for dim in ALL_DIMENSIONS:
+            if dim not in self.dimensions:
+                continue
+            if dim in WIDTHS:
+                names = [dim] if self.kind == "compact" else [f"{dim}_{i}" for i in range(self.depth)]
+                change = dict.fromkeys(names, 0.0)
+            else:
+                change = narrowest[dim]
+            points[dim] = uniform | change
+        return points
+
     def propose(self, point: Mapping[str, float], *, token_rates: Sequence[float] | None = None) -> Proposal:
         """Per-layer keep ratios and depth counts of ``point`` (before the budget projection).
 

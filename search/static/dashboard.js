@@ -251,7 +251,7 @@ function draw(id, traces, layout, onClick) {
 
 function waitingMessage() {
   if (!state.phase) return "The search has not started yet.";
-  if (state.phase.phase !== "trials" && !["finished", "failed", "interrupted"].includes(state.phase.phase)) {
+  if (!["trials", "selection", "finished", "failed", "interrupted"].includes(state.phase.phase)) {
     return `The search is preparing (${state.phase.phase}); trials come next.`;
   }
   return "No trial has finished yet.";

@@ -63,3 +63,16 @@ def test_the_tables_pair_each_seed_with_random_and_with_the_uniform_policy(scrip
 def test_resume_needs_a_report_to_resume(script, tmp_path, capsys):
     assert script.main(["--resume", "--out", str(tmp_path / "missing.json")]) == 2
     assert "--resume needs an existing --out report" in capsys.readouterr().err
+
+
+def test_the_tables_say_when_the_selection_chose_another_trial_than_axs_best(script):
+    selected = {"finalists": [{"trial": 3}, {"trial": 7}]}
+    moved = _row("gp_ei", 0, 0.975, 0.98) | {
+        "selection": selected,
+        "without_selection": {"trial": 3, "recipe_test": {"mean": 0.970, "sd": 0.0}},
+    }
+    kept = _row("gp_ei", 1, 0.968, 0.97) | {"selection": selected}
+    text = script.tables(REPORT | {"rows": [moved, kept, _row("random", 0, 0.970, 0.97)]})
+    assert "- gp_ei: the selection chose another trial than Ax's best in 1 of 2 searches" in text
+    assert "chosen − Ax's best: +0.0050" in text
+    assert "- random: the selection" not in text  # no selection recorded: nothing said

@@ -27,7 +27,7 @@ from vitprune.search.dashboard_data import (
 )
 from vitprune.search.records import TrialRecord
 from vitprune.search.rundir import RunDir
-from vitprune.search.spec import SearchSpec
+from vitprune.search.spec import SearchSpec, SelectionSpec
 from vitprune.spaces import Architecture, LayerPolicy, Policy, Scores, macs, params
 from vitprune.spaces.budget import Budget
 from vitprune.spaces.space import decode
@@ -183,6 +183,9 @@ def test_a_run_directory_that_only_has_its_spec_shows_the_phase(tmp_path):
     state = state_document(run)
     assert state["phase"]["phase"] == "dense training"
     assert state["phases"] == ["dense training", "criteria", "trials", "finished"]
+    # a search that ends with the final selection shows it as a phase
+    run.spec.write_text(SPEC.model_copy(update={"selection": SelectionSpec(seeds=2)}).model_dump_json())
+    assert state_document(run)["phases"] == ["dense training", "criteria", "trials", "selection", "finished"]
     assert state["trials"] == [] and state["best"] is None and state["front"] == []
     assert state["budget"] | {"batch_size": None} == {
         "metric": "macs",

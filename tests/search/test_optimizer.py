@@ -272,3 +272,17 @@ def test_sql_storage_follows_the_restored_snapshot_not_a_driver_that_ran_on(tmp_
     assert stored()[index] == "ABANDONED"
     _run(other, 2)
     assert len(stored(other_url)) == 2 and len(stored()) == 4  # each search its own database
+
+
+def test_several_start_points_come_first_and_count_among_the_initial_trials():
+    optimizer = fake.optimizer(initial_trials=4)
+    starts = [{name: value for name in fake.NAMES} for value in (1.0, 0.0, 0.5)]
+    indices = [optimizer.attach(point, name=f"start{i}") for i, point in enumerate(starts)]
+    assert indices == [0, 1, 2] and {optimizer.status(i) for i in indices} == {"RUNNING"}
+    for index in indices:
+        optimizer.complete(index, fake.evaluate(optimizer.parameters(index)))
+    created = optimizer.suggest(4)
+    assert sorted(created) == [3]  # one Sobol point completes the 4 initial trials
+    optimizer.complete(3, fake.evaluate(created[3]))
+    _run(optimizer, 6)
+    assert [r.node for r in optimizer.trials()] == ["start"] * 3 + ["Sobol", "GP", "GP"]

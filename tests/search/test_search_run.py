@@ -30,6 +30,7 @@ TINY = {
     "generation": {"num_restarts": 2, "raw_samples": 64, "maxiter": 20},
     "criteria": {"calibration_batches": 1},
     "storage": {"enabled": True},
+    "selection": {"finalists": 3, "seeds": 2},
 }
 
 
@@ -79,13 +80,29 @@ def test_every_trial_is_within_the_budget(run):
             assert float(row["budget_ratio"]) >= 0.97 or row["budget_shortfall"], row
 
 
-def test_the_best_is_axs_best_feasible_trial_and_its_model_loads(run):
+def test_the_best_is_the_finalist_with_the_best_mean_and_its_model_loads(run):
     _, run_dir, outcome = run
     best = json.loads((run_dir / "best_policy.json").read_text())
-    assert best["trial"] == Optimizer.restore(run_dir / "experiment.json").best().index
-    completed = [float(row["accuracy"]) for row in _rows(run_dir) if row["status"] == "COMPLETED"]
-    assert best["metrics"]["accuracy"] == pytest.approx(max(completed), abs=1e-9)  # Ax keeps 10 decimals
-    assert max(completed) > 0.3  # the tiny model learned something: the best is not a tie at chance
+    rows = {int(row["trial"]): row for row in _rows(run_dir)}
+    completed = sorted(
+        (float(row["accuracy"]) for row in rows.values() if row["status"] == "COMPLETED"), reverse=True
+    )
+    assert completed[0] > 0.3  # the tiny model learned something: the best is not a tie at chance
+    # finalists: Ax's best feasible trial first, then the next best by search-val accuracy
+    finalists = best["selection"]["finalists"]
+    assert finalists[0]["trial"] == Optimizer.restore(run_dir / "experiment.json").best().index
+    assert [float(rows[f["trial"]]["accuracy"]) for f in finalists] == pytest.approx(completed[:3], abs=1e-9)
+    # each finalist's mean is its own fine-tune and the saved fine-tunes with seeds 1 and 2
+    means = {}
+    for finalist in finalists:
+        folder = run_dir / "trials" / f"{finalist['trial']:04d}" / "selection"
+        again = [json.loads((folder / f"seed-{seed}.json").read_text())["accuracy"] for seed in (1, 2)]
+        scores = [float(rows[finalist["trial"]]["accuracy"]), *again]
+        assert list(finalist["accuracies"].values()) == pytest.approx(scores, abs=1e-9)
+        means[finalist["trial"]] = finalist["mean_accuracy"]
+        assert finalist["mean_accuracy"] == pytest.approx(sum(scores) / 3)
+    assert means[best["trial"]] == max(means.values())
+    assert best["metrics"]["accuracy"] == pytest.approx(float(rows[best["trial"]]["accuracy"]), abs=1e-9)
     _, policy = load_pruned(run_dir / "best_model")
     assert policy == Policy.from_dict(best["policy"])
     assert set(best["provenance"]) >= {
@@ -102,9 +119,13 @@ def test_the_best_is_axs_best_feasible_trial_and_its_model_loads(run):
 
 
 def test_resume_of_a_finished_search_runs_nothing_twice(run):
-    spec, run_dir, _ = run
+    spec, run_dir, first = run
+    saved = {path: path.stat().st_mtime_ns for path in run_dir.glob("trials/*/selection/seed-*.json")}
+    assert len(saved) == 6  # 3 finalists, 2 more fine-tunes each
     outcome = Search.resume(run_dir, spec=spec, progress=lambda line: None).run(fails_on_trial_1)
     assert outcome.trials == 5 and len(_rows(run_dir)) == 5 and outcome.completed == 4
+    assert {path: path.stat().st_mtime_ns for path in saved} == saved  # no fine-tune ran again
+    assert outcome.best["trial"] == first.best["trial"]
 
 
 def test_a_new_search_refuses_an_existing_run_dir_and_resume_refuses_another_spec(run):
@@ -273,6 +294,7 @@ def test_a_pareto_search_writes_its_front_and_every_command_handles_it(tmp_path,
     spec = SearchSpec.model_validate(
         TINY
         | {
+            "selection": {},  # a Pareto objective keeps its front: no final selection
             "name": "tiny-pareto",
             "objective": "accuracy, -latency_ms",
             "trials": {"total": 4, "concurrent": 2, "initial": 3, "max_failures": 0},

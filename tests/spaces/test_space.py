@@ -161,3 +161,25 @@ def test_summary_describes_the_structure(base, scores):
         "embed_dim",
     }
     assert 0 < summary["mlp_ratio"] <= 1 and summary["tokens_final"] <= base.num_patches
+
+
+@pytest.mark.parametrize("kind", ["compact", "per_layer"])
+def test_a_single_dimension_point_prunes_that_dimension_alone(base, scores, kind):
+    space = SearchSpace(kind, depth=3)
+    points = space.single_dimension_points()
+    assert list(points) == ["heads", "qk", "v", "mlp", "tokens", "depth", "embed"]
+    uniform = space.uniform_point()
+    changed = {dim: {k for k in point if point[k] != uniform[k]} for dim, point in points.items()}
+    assert changed["tokens"] == {"tokens"} and changed["depth"] == {"drop_attn", "drop_act"}
+    assert changed["mlp"] == ({"mlp"} if kind == "compact" else {"mlp_0", "mlp_1", "mlp_2"})
+    # at 60 % of dense MACs the MLP alone reaches the budget: every other dimension stays dense
+    limit = 0.6 * macs(Policy.keep_all(base))
+    fit = decode(
+        points["mlp"], space=space, base=base, scores=scores, budget=Budget("macs", limit), measure=macs
+    )
+    dense = Policy.keep_all(base).summary()
+    assert fit.scale >= 1 and 0.99 * limit <= fit.cost <= limit
+    assert {k: v for k, v in fit.policy.summary().items() if k != "mlp_ratio"} == {
+        k: v for k, v in dense.items() if k != "mlp_ratio"
+    }
+    assert SearchSpace(kind, depth=3, dimensions=frozenset({"mlp"})).single_dimension_points() == {}
