@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -77,9 +77,6 @@ def choose(candidates: Sequence[Finalist]) -> Finalist:
     return max(candidates, key=lambda c: (round(c.mean, 12), first[c.trial], -c.trial))
 
 
-Refit = Callable[[Plan, int, int], float]
-
-
 def refit(plan: Plan, trial: int, seed: int) -> float:
     """Search-val accuracy of ``trial``'s policy fine-tuned from the dense weights with ``seed``."""
     import torch
@@ -106,7 +103,6 @@ def select(
     *,
     best: int,
     monitor: Monitor | None = None,
-    run_refit: Refit = refit,
 ) -> tuple[Finalist, list[Finalist]]:
     """Fine-tune the finalists again (on Ray, or reusing saved results) and choose among them.
 
@@ -117,7 +113,7 @@ def select(
     trials = finalists(rows, best=best, count=spec.selection.finalists, plan=plan)
     own = {int(row["trial"]): float(row["accuracy"]) for row in rows if int(row["trial"]) in trials}
     seeds = [spec.finetune.seed + k for k in range(1, spec.selection.seeds + 1)]
-    done: dict[tuple[int, int], float] = {}
+    done: dict[tuple[int, int], float | None] = {}
     for trial in trials:
         for seed in seeds:
             saved = _saved(plan.run.refit(trial, seed), plan, trial)
@@ -133,7 +129,7 @@ def select(
         len(seeds),
         len(done),
     )
-    for (trial, seed), value in _run(plan, todo, run_refit):
+    for (trial, seed), value in _run(plan, todo):
         done[trial, seed] = value
         if value is not None:
             write_text_atomic(
@@ -163,7 +159,7 @@ def select(
     return chosen, candidates
 
 
-def _run(plan: Plan, todo: list[tuple[int, int]], run_refit: Refit) -> Any:
+def _run(plan: Plan, todo: list[tuple[int, int]]) -> Iterator[tuple[tuple[int, int], float | None]]:
     """Yield ``((trial, seed), accuracy or None)`` as the fine-tunes end, ``trials.concurrent`` at
     a time; a fine-tune that raises is logged and left out of its finalist's mean."""
     if not todo:
@@ -172,7 +168,7 @@ def _run(plan: Plan, todo: list[tuple[int, int]], run_refit: Refit) -> Any:
 
     resources = plan.spec.resources
     retries = plan.spec.trials.max_failures
-    task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=retries)(run_refit)
+    task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=retries)(refit)
     shared = ray.put(plan)
     waiting, running = list(todo), {}
     while waiting or running:
@@ -181,12 +177,13 @@ def _run(plan: Plan, todo: list[tuple[int, int]], run_refit: Refit) -> Any:
             running[task.remote(shared, trial, seed)] = (trial, seed)
         (ready,), _ = ray.wait(list(running), num_returns=1)
         key = running.pop(ready)
+        value: float | None = None
         try:
-            yield key, float(ray.get(ready))
+            value = float(ray.get(ready))
         except Exception as error:  # one failed fine-tune must not lose the others
             cause = getattr(error, "cause", None) or error
             log.warning("selection: trial %d, seed %d failed: %s", *key, one_line(cause))
-            yield key, None
+        yield key, value
 
 
 def _point(plan: Plan, trial: int) -> dict[str, float] | None:
