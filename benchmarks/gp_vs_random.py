@@ -199,10 +199,9 @@ def tables(report: dict[str, Any]) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
 
-    changed = [row for row in rows if row.get("without_selection")]
     for method, group in by_method.items():
         selected = [row for row in group if row.get("selection")]
-        moved = [row for row in changed if row["method"] == method]
+        moved = [row for row in group if row.get("without_selection")]
         if selected:
             gains = [
                 row["recipe_test"]["mean"] - row["without_selection"]["recipe_test"]["mean"] for row in moved

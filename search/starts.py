@@ -28,6 +28,7 @@ def start_points(plan: Plan) -> list[tuple[str, dict[str, float]]]:
     if generation.single_dimension_starts:
         alone = space.single_dimension_points()
         candidates += [(f"{dim}_alone", point, True) for dim, point in alone.items()]
+    measure = plan.measure()
     starts: list[tuple[str, dict[str, float]]] = []
     seen = []
     for name, point, alone in candidates:
@@ -38,7 +39,7 @@ def start_points(plan: Plan) -> list[tuple[str, dict[str, float]]]:
                 base=plan.base,
                 scores=plan.scores,
                 budget=plan.budget,
-                measure=plan.measure(),
+                measure=measure,
             )
         except InputError:  # this point's family cannot reach the budget: no start
             continue
