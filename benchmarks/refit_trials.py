@@ -1,0 +1,66 @@
+"""Can search-val tell a search's best policies apart? (issue 13) Each named trial's policy of a
+finished search is fine-tuned again from the dense weights with the race's recipe
+(``benchmarks/peers_recipe.py``: the search's own fine-tune, seeds 0, 1, …) and measured on
+search-val and on test, so the two rankings can be compared with fine-tune noise averaged out.
+
+The dense model, data and fine-tune are the run's own (its ``spec.json``; the dense model comes
+from ``$VITPRUNE_CACHE``, trained once if missing).
+
+    python benchmarks/refit_trials.py RUN_DIR --trials 21 10 1 --seeds 5 --out refit.json
+
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from peers_recipe import finetune_and_measure, mean_sd
+from peers_setup import log, report_header, write_report
+
+from vitprune.evaluators.surgery import apply_policy
+from vitprune.evaluators.trial import cached_context
+from vitprune.search.rundir import RunDir
+from vitprune.search.spec import SearchSpec
+from vitprune.spaces import InputError, Policy
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a finished search's run directory")
+    parser.add_argument("--trials", type=int, nargs="+", required=True, help="trial indices")
+    parser.add_argument("--seeds", type=int, default=5, help="fine-tune seeds per policy (0, 1, ...)")
+    parser.add_argument("--out", type=Path, help="write every figure as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = RunDir(args.run_dir)
+    try:  # every input checked before the dense model is loaded
+        spec = SearchSpec.model_validate_json(run.spec.read_text())
+        policies = {t: Policy.from_json((run.trial(t) / "policy.json").read_text()) for t in args.trials}
+    except (OSError, ValueError, InputError) as error:
+        print(f"refit_trials: {run.root}: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    context = cached_context(spec.model, spec.data, spec.dense_training)
+    report = report_header("refit_trials", 1, argv) | {"run_dir": str(run.root), "trials": {}}
+    lines = ["| trial | structure | search-val | test |", "|---|---|---|---|"]
+    for trial, policy in policies.items():
+        model = apply_policy(context.dense, policy)
+        configs = [spec.finetune.model_copy(update={"seed": seed}) for seed in range(args.seeds)]
+        runs = [finetune_and_measure(model, context, config) for config in configs]
+        scores = {split: mean_sd([r[split]["accuracy"] for r in runs]) for split in ("search-val", "test")}
+        report["trials"][str(trial)] = {"structure": policy.summary(), **scores}
+        write_report(args.out, report)
+        cells = [f"{scores[s]['mean']:.4f} ± {scores[s]['sd']:.4f}" for s in ("search-val", "test")]
+        lines.append(f"| {trial} | {policy.summary()} | {' | '.join(cells)} |")
+        log(lines[-1])
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
