@@ -30,7 +30,7 @@ from vitprune.evaluators.dense import cache_root
 from vitprune.evaluators.io import load_pruned
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.trial import TrialContext
-from vitprune.search.spec import SearchSpec, TrialsSpec
+from vitprune.search.spec import SearchSpec
 from vitprune.spaces import Architecture, InputError, Policy, Scores, macs
 from vitprune.spaces.budget import Budget, Fit
 from vitprune.spaces.space import ALL_DIMENSIONS, WIDTHS, SearchSpace, decode
@@ -98,11 +98,12 @@ def run_search(
     spec = spec.model_copy(
         update={
             "budget": spec.budget.model_copy(update={"macs": f"{fraction * 100:g}%"}),
-            "trials": TrialsSpec(
-                total=trials,
-                concurrent=min(spec.trials.concurrent, trials),
-                initial=min(spec.trials.initial, trials),
-                max_failures=spec.trials.max_failures,
+            "trials": spec.trials.model_copy(
+                update={
+                    "total": trials,
+                    "concurrent": min(spec.trials.concurrent, trials),
+                    "initial": min(spec.trials.initial, trials),
+                }
             ),
         }
     )

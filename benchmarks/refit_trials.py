@@ -7,6 +7,7 @@ The dense model, data and fine-tune are the run's own (its ``spec.json``; the de
 from ``$VITPRUNE_CACHE``, trained once if missing).
 
     python benchmarks/refit_trials.py RUN_DIR --trials 21 10 1 --seeds 5 --out refit.json
+    python benchmarks/refit_trials.py RUN_DIR --seeds 3 --seed0 100   # every completed trial
 
 Prints a Markdown table.
 """
@@ -14,6 +15,7 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -30,10 +32,17 @@ from vitprune.spaces import InputError, Policy
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished search's run directory")
-    parser.add_argument("--trials", type=int, nargs="+", required=True, help="trial indices")
-    parser.add_argument("--seeds", type=int, default=5, help="fine-tune seeds per policy (0, 1, ...)")
+    parser.add_argument("--trials", type=int, nargs="+", help="trial indices (default: every completed one)")
+    parser.add_argument("--seeds", type=int, default=5, help="fine-tune seeds per policy")
+    parser.add_argument("--seed0", type=int, default=0, help="the first fine-tune seed (then seed0 + 1, ...)")
     parser.add_argument("--out", type=Path, help="write every figure as JSON")
     return parser.parse_args(argv)
+
+
+def completed_trials(run: RunDir) -> list[int]:
+    """The indices of the run's trials that completed (their row in ``trials.csv``)."""
+    with open(run.trials_csv, newline="") as file:
+        return [int(row["trial"]) for row in csv.DictReader(file) if row["status"] == "COMPLETED"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir(args.run_dir)
     try:  # every input checked before the dense model is loaded
         spec = SearchSpec.model_validate_json(run.spec.read_text())
-        policies = {t: Policy.from_json((run.trial(t) / "policy.json").read_text()) for t in args.trials}
+        trials = args.trials if args.trials is not None else completed_trials(run)
+        policies = {t: Policy.from_json((run.trial(t) / "policy.json").read_text()) for t in trials}
     except (OSError, ValueError, InputError) as error:
         print(f"refit_trials: {run.root}: {error}".splitlines()[0], file=sys.stderr)
         return 2
@@ -50,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| trial | structure | search-val | test |", "|---|---|---|---|"]
     for trial, policy in policies.items():
         model = apply_policy(context.dense, policy)
-        configs = [spec.finetune.model_copy(update={"seed": seed}) for seed in range(args.seeds)]
+        seeds = range(args.seed0, args.seed0 + args.seeds)
+        configs = [spec.finetune.model_copy(update={"seed": seed}) for seed in seeds]
         runs = [finetune_and_measure(model, context, config) for config in configs]
         scores = {split: mean_sd([r[split]["accuracy"] for r in runs]) for split in ("search-val", "test")}
-        report["trials"][str(trial)] = {"structure": policy.summary(), **scores}
+        report["trials"][str(trial)] = {"structure": policy.summary(), "seeds": list(seeds), **scores}
         write_report(args.out, report)
         cells = [f"{scores[s]['mean']:.4f} ± {scores[s]['sd']:.4f}" for s in ("search-val", "test")]
         lines.append(f"| {trial} | {policy.summary()} | {' | '.join(cells)} |")

@@ -163,7 +163,11 @@ class Search:
                 named = zip(start, starts, strict=True)
                 log.info("start trials: %s", ", ".join(f"{i} {name}" for i, (name, _) in named))
             searcher = AxSearcher(
-                optimizer, max_trials=spec.trials.total, snapshot_path=run.experiment, start=start
+                optimizer,
+                max_trials=spec.trials.total,
+                snapshot_path=run.experiment,
+                start=start,
+                synchronous=spec.trials.synchronous,
             )
             self._result = run_tune(
                 trainable_with_plan,

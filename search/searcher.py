@@ -10,6 +10,11 @@ early-stopped trials out of the GP anyway. ``AxSearcher``:
   ``max_concurrent`` trials (one ``get_next_trials`` call, one GP fit, the running trials as
   pending points) and hands them out one by one as slots free up; it never creates more than
   ``max_trials`` Ax trials;
+- with ``synchronous=True``, asks Ax only once every running trial has ended: each batch is then
+  fitted on the observations of every earlier trial, whatever order they finished in, so a search
+  whose trials are deterministic (CPU fine-tunes under a seed) proposes the same points when run
+  again. Otherwise the GP sees whichever trials happened to finish first, and two runs of one
+  spec part ways at the first trial that finishes in another order;
 - ends every Ax trial exactly once, in ``on_trial_complete``:
 
   ====================================================  ==========================
@@ -79,6 +84,8 @@ class AxSearcher(Searcher):
         snapshot_path: Where the Ax snapshot (``experiment.json``) is rewritten after every trial
             that ends; made absolute, since Tune changes working directories.
         start: Ax trials already created by hand (``Optimizer.attach``), handed out first.
+        synchronous: Ask Ax for a new batch only when no trial is running (see the module doc):
+            reproducible searches, for the idle workers of a batch's slowest trial.
     """
 
     def __init__(
@@ -88,6 +95,7 @@ class AxSearcher(Searcher):
         max_trials: int,
         snapshot_path: str | os.PathLike[str] | None = None,
         start: Sequence[int] = (),
+        synchronous: bool = False,
     ) -> None:
         if max_trials < 1:
             raise ValueError(f"max_trials: must be at least 1, got {max_trials}")
@@ -95,6 +103,7 @@ class AxSearcher(Searcher):
         self._optimizer = optimizer
         self.max_trials = max_trials
         self.snapshot_path = Path(snapshot_path).absolute() if snapshot_path is not None else None
+        self.synchronous = synchronous
         self._max_concurrent: int | None = None
         self._queue: list[int] = list(start)  # Ax trials created, not yet given to Tune (a batch, starts)
         self._live: dict[str, int] = {}  # Tune trial id → Ax index, handed out and not ended
@@ -124,7 +133,7 @@ class AxSearcher(Searcher):
             remaining = self.max_trials - self._optimizer.num_trials
             if remaining <= 0:
                 return Searcher.FINISHED
-            if self._waiting:
+            if self._waiting or (self.synchronous and self._live):
                 return None
             # A full batch per GP fit even when one slot is free: the points the next slots will run
             # are proposed now, with the running trials as pending points. With short trials the GP
@@ -214,6 +223,7 @@ class AxSearcher(Searcher):
             "max_trials": self.max_trials,
             "snapshot_path": str(self.snapshot_path) if self.snapshot_path is not None else None,
             "max_concurrent": self._max_concurrent,
+            "synchronous": self.synchronous,
             "queue": list(self._queue),
             "live": dict(self._live),
             "ended": dict(self._ended),
@@ -227,6 +237,7 @@ class AxSearcher(Searcher):
         self.max_trials = int(state["max_trials"])
         self.snapshot_path = Path(state["snapshot_path"]) if state["snapshot_path"] is not None else None
         self._max_concurrent = state["max_concurrent"]
+        self.synchronous = bool(state.get("synchronous", False))  # states saved before it existed
         self._queue = [int(i) for i in state["queue"]]
         self._live = {str(k): int(v) for k, v in state["live"].items()}
         self._ended = {str(k): int(v) for k, v in state["ended"].items()}

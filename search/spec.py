@@ -149,6 +149,11 @@ class TrialsSpec(Section):
     concurrent: int = Field(2, gt=0)
     initial: int = Field(8, gt=0, description="Sobol trials before the GP takes over")
     max_failures: int = Field(1, ge=0, description="retries of a trial that raised")
+    synchronous: bool = Field(
+        True,
+        description="ask for a new batch only once every running trial has ended, so that a rerun "
+        "with the same seed proposes the same points",
+    )
 
     @model_validator(mode="after")
     def _initial_within_total(self) -> TrialsSpec:

@@ -11,11 +11,14 @@ from vitprune.search import FINAL_KEY, AxSearcher, Optimizer, failed_result, fin
 from vitprune.search.report import TRIAL_KEY
 
 
-def _searcher(tmp_path, *, max_trials=6, concurrency=3, initial_trials=3, method="gp_ei") -> AxSearcher:
+def _searcher(
+    tmp_path, *, max_trials=6, concurrency=3, initial_trials=3, method="gp_ei", synchronous=False
+) -> AxSearcher:
     searcher = AxSearcher(
         fake.optimizer(initial_trials=initial_trials, method=method),
         max_trials=max_trials,
         snapshot_path=tmp_path / "experiment.json",
+        synchronous=synchronous,
     )
     assert searcher.set_max_concurrency(concurrency) is True  # Tune's ConcurrencyLimiter steps aside
     return searcher
@@ -60,6 +63,45 @@ def test_waits_without_asking_ax_again_until_a_trial_ends(tmp_path, monkeypatch)
     searcher.on_trial_complete("t0", _final(point))
     assert searcher.suggest("t2") is not None  # now a GP trial
     assert searcher.optimizer.trials()[2].node == "GP"
+
+
+def _drive(searcher: AxSearcher, *, newest_first: bool) -> list[dict[str, float]]:
+    """Run a whole search as Tune would, ending the newest (or oldest) running trial each time;
+    returns every Ax trial's point in index order."""
+    live: dict[str, dict] = {}
+    for step in range(100):
+        while (config := searcher.suggest(f"t{step}-{len(live)}")) not in (None, Searcher.FINISHED):
+            live[f"t{step}-{len(live)}"] = config
+        if not live:
+            assert config == Searcher.FINISHED
+            return [searcher.optimizer.parameters(i) for i in range(searcher.optimizer.num_trials)]
+        trial_id = max(live, key=lambda t: live[t][TRIAL_KEY] * (1 if newest_first else -1))
+        searcher.on_trial_complete(trial_id, _final(live.pop(trial_id)))
+    raise AssertionError("the search did not finish")
+
+
+def test_a_synchronous_search_proposes_the_same_points_whatever_order_trials_end_in(tmp_path):
+    def points(synchronous: bool, newest_first: bool) -> list[dict[str, float]]:
+        folder = tmp_path / f"{synchronous}-{newest_first}"
+        folder.mkdir()
+        searcher = _searcher(folder, max_trials=9, concurrency=2, initial_trials=3, synchronous=synchronous)
+        return _drive(searcher, newest_first=newest_first)
+
+    oldest, newest = points(True, newest_first=False), points(True, newest_first=True)
+    assert len(oldest) == 9 and oldest == newest
+    # Without it, the GP fits whichever trials ended first, and the searches part ways.
+    assert points(False, newest_first=False) != points(False, newest_first=True)
+
+
+def test_a_synchronous_searcher_waits_for_every_running_trial_and_keeps_the_setting(tmp_path):
+    searcher = _searcher(tmp_path, concurrency=2, initial_trials=2, synchronous=True)
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    searcher.on_trial_complete("t0", _final(first))
+    assert searcher.suggest("t2") is None  # trial 1 still runs: no batch yet
+    assert searcher.optimizer.num_trials == 2
+    searcher.on_trial_complete("t1", _final(second))
+    assert searcher.suggest("t2") == searcher.config(2)
+    assert pickle.loads(pickle.dumps(searcher)).synchronous is True
 
 
 def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
