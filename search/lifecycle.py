@@ -167,7 +167,7 @@ class Search:
                 max_trials=spec.trials.total,
                 snapshot_path=run.experiment,
                 start=start,
-                synchronous=spec.trials.synchronous,
+                synchronous_from=synchronous_from(spec),
             )
             self._result = run_tune(
                 trainable_with_plan,
@@ -258,6 +258,14 @@ def _connect_reason(error: BaseException) -> str:
             "head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN"
         )
     return one_line(error) or type(error).__name__
+
+
+def synchronous_from(spec: SearchSpec) -> int | None:
+    """From which trial on the searcher waits for every running trial before asking Ax for more:
+    the GP's, whose points depend on the observations (Sobol's do not), or ``None``."""
+    if not spec.trials.synchronous or spec.generation.method == "random":
+        return None
+    return spec.trials.initial
 
 
 def _optimizer(plan: Plan) -> Any:

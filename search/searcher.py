@@ -10,11 +10,13 @@ early-stopped trials out of the GP anyway. ``AxSearcher``:
   ``max_concurrent`` trials (one ``get_next_trials`` call, one GP fit, the running trials as
   pending points) and hands them out one by one as slots free up; it never creates more than
   ``max_trials`` Ax trials;
-- with ``synchronous=True``, asks Ax only once every running trial has ended: each batch is then
-  fitted on the observations of every earlier trial, whatever order they finished in, so a search
-  whose trials are deterministic (CPU fine-tunes under a seed) proposes the same points when run
-  again. Otherwise the GP sees whichever trials happened to finish first, and two runs of one
-  spec part ways at the first trial that finishes in another order;
+- with ``synchronous_from=n``, once the experiment has ``n`` trials (the Sobol budget: from then
+  on the GP proposes the points), asks Ax only once every running trial has ended: each GP batch
+  is then fitted on the observations of every earlier trial, whatever order they finished in, so
+  a search whose trials are deterministic (CPU fine-tunes under a seed) proposes the same points
+  when run again. Otherwise the GP sees whichever trials happened to finish first, and two runs
+  of one spec part ways at the first trial that finishes in another order. Sobol points do not
+  depend on observations, so the trials before ``n`` never wait;
 - ends every Ax trial exactly once, in ``on_trial_complete``:
 
   ====================================================  ==========================
@@ -84,8 +86,9 @@ class AxSearcher(Searcher):
         snapshot_path: Where the Ax snapshot (``experiment.json``) is rewritten after every trial
             that ends; made absolute, since Tune changes working directories.
         start: Ax trials already created by hand (``Optimizer.attach``), handed out first.
-        synchronous: Ask Ax for a new batch only when no trial is running (see the module doc):
-            reproducible searches, for the idle workers of a batch's slowest trial.
+        synchronous_from: From this many trials on, ask Ax for a new batch only when no trial is
+            running (see the module doc): reproducible searches, for the idle workers of a batch's
+            slowest trial. ``None``: never wait.
     """
 
     def __init__(
@@ -95,7 +98,7 @@ class AxSearcher(Searcher):
         max_trials: int,
         snapshot_path: str | os.PathLike[str] | None = None,
         start: Sequence[int] = (),
-        synchronous: bool = False,
+        synchronous_from: int | None = None,
     ) -> None:
         if max_trials < 1:
             raise ValueError(f"max_trials: must be at least 1, got {max_trials}")
@@ -103,7 +106,7 @@ class AxSearcher(Searcher):
         self._optimizer = optimizer
         self.max_trials = max_trials
         self.snapshot_path = Path(snapshot_path).absolute() if snapshot_path is not None else None
-        self.synchronous = synchronous
+        self.synchronous_from = synchronous_from
         self._max_concurrent: int | None = None
         self._queue: list[int] = list(start)  # Ax trials created, not yet given to Tune (a batch, starts)
         self._live: dict[str, int] = {}  # Tune trial id → Ax index, handed out and not ended
@@ -133,7 +136,7 @@ class AxSearcher(Searcher):
             remaining = self.max_trials - self._optimizer.num_trials
             if remaining <= 0:
                 return Searcher.FINISHED
-            if self._waiting or (self.synchronous and self._live):
+            if self._waiting or (self._live and self._synchronous_now()):
                 return None
             # A full batch per GP fit even when one slot is free: the points the next slots will run
             # are proposed now, with the running trials as pending points. With short trials the GP
@@ -145,6 +148,9 @@ class AxSearcher(Searcher):
                 self._waiting = True
                 return None
             self._queue.extend(sorted(batch))
+            # The new trials' points, for the dashboard: with synchronous batches no trial may end
+            # for as long as they run, and a running trial's structure is drawn from its point.
+            self._write_snapshot(state=False)
         index = self._queue.pop(0)
         self._live[trial_id] = index
         logger.debug("Tune trial %s runs Ax trial %d", trial_id, index)
@@ -223,7 +229,7 @@ class AxSearcher(Searcher):
             "max_trials": self.max_trials,
             "snapshot_path": str(self.snapshot_path) if self.snapshot_path is not None else None,
             "max_concurrent": self._max_concurrent,
-            "synchronous": self.synchronous,
+            "synchronous_from": self.synchronous_from,
             "queue": list(self._queue),
             "live": dict(self._live),
             "ended": dict(self._ended),
@@ -237,7 +243,7 @@ class AxSearcher(Searcher):
         self.max_trials = int(state["max_trials"])
         self.snapshot_path = Path(state["snapshot_path"]) if state["snapshot_path"] is not None else None
         self._max_concurrent = state["max_concurrent"]
-        self.synchronous = bool(state.get("synchronous", False))  # states saved before it existed
+        self.synchronous_from = state.get("synchronous_from")  # None in states saved before it existed
         self._queue = [int(i) for i in state["queue"]]
         self._live = {str(k): int(v) for k, v in state["live"].items()}
         self._ended = {str(k): int(v) for k, v in state["ended"].items()}
@@ -328,6 +334,9 @@ class AxSearcher(Searcher):
         }
 
     # -------------------------------------------------------------------- private
+    def _synchronous_now(self) -> bool:
+        return self.synchronous_from is not None and self._optimizer.num_trials >= self.synchronous_from
+
     def _live_rerunning(self) -> list[int]:
         return [self._ended[trial_id] for trial_id in self._rerunning if trial_id in self._ended]
 
@@ -373,13 +382,16 @@ class AxSearcher(Searcher):
         except OSError as problem:
             logger.error("Could not write %s: %s", PROGRESS, problem)
 
-    def _write_snapshot(self) -> None:
-        """Write ``experiment.json`` (plain Ax) and ``searcher.json`` (this whole state), atomically."""
+    def _write_snapshot(self, *, state: bool = True) -> None:
+        """Write ``experiment.json`` (plain Ax) and, with ``state``, ``searcher.json`` (this whole
+        state), atomically. ``searcher.json`` marks the trials that ended (see ``restore``), so it
+        is written when one ends, not when trials are created."""
         if self.snapshot_path is None:
             return
         try:
             self._optimizer.snapshot(self.snapshot_path)
-            write_text_atomic(self.snapshot_path.with_name(LATEST_STATE), json.dumps(self.get_state()))
+            if state:
+                write_text_atomic(self.snapshot_path.with_name(LATEST_STATE), json.dumps(self.get_state()))
         except (OSError, OptimizerStateError) as problem:  # never stop a search for a snapshot
             logger.error("Could not write the Ax snapshot %s: %s", self.snapshot_path, problem)
 

@@ -151,8 +151,8 @@ class TrialsSpec(Section):
     max_failures: int = Field(1, ge=0, description="retries of a trial that raised")
     synchronous: bool = Field(
         True,
-        description="ask for a new batch only once every running trial has ended, so that a rerun "
-        "with the same seed proposes the same points",
+        description="ask the GP for new points only once every running trial has ended, so that a "
+        "rerun with the same seed proposes the same points",
     )
 
     @model_validator(mode="after")

@@ -82,3 +82,16 @@ def test_the_cli_rejects_a_bad_config_before_starting_anything(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "budget.macs: must be > 0" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_gp_batches_wait_for_running_trials_from_the_sobol_budget_on_unless_turned_off():
+    from vitprune.search.lifecycle import synchronous_from
+
+    spec = SearchSpec()
+    assert spec.trials.synchronous is True
+    assert synchronous_from(spec) == spec.trials.initial
+    off = spec.model_copy(update={"trials": spec.trials.model_copy(update={"synchronous": False})})
+    assert synchronous_from(off) is None
+    # Random search has no GP: its Sobol points never depend on which trials have ended.
+    random = spec.model_copy(update={"generation": spec.generation.model_copy(update={"method": "random"})})
+    assert synchronous_from(random) is None

@@ -12,13 +12,13 @@ from vitprune.search.report import TRIAL_KEY
 
 
 def _searcher(
-    tmp_path, *, max_trials=6, concurrency=3, initial_trials=3, method="gp_ei", synchronous=False
+    tmp_path, *, max_trials=6, concurrency=3, initial_trials=3, method="gp_ei", synchronous_from=None
 ) -> AxSearcher:
     searcher = AxSearcher(
         fake.optimizer(initial_trials=initial_trials, method=method),
         max_trials=max_trials,
         snapshot_path=tmp_path / "experiment.json",
-        synchronous=synchronous,
+        synchronous_from=synchronous_from,
     )
     assert searcher.set_max_concurrency(concurrency) is True  # Tune's ConcurrencyLimiter steps aside
     return searcher
@@ -81,27 +81,33 @@ def _drive(searcher: AxSearcher, *, newest_first: bool) -> list[dict[str, float]
 
 
 def test_a_synchronous_search_proposes_the_same_points_whatever_order_trials_end_in(tmp_path):
-    def points(synchronous: bool, newest_first: bool) -> list[dict[str, float]]:
-        folder = tmp_path / f"{synchronous}-{newest_first}"
+    def points(synchronous_from: int | None, newest_first: bool) -> list[dict[str, float]]:
+        folder = tmp_path / f"{synchronous_from}-{newest_first}"
         folder.mkdir()
-        searcher = _searcher(folder, max_trials=9, concurrency=2, initial_trials=3, synchronous=synchronous)
+        searcher = _searcher(
+            folder, max_trials=9, concurrency=2, initial_trials=3, synchronous_from=synchronous_from
+        )
         return _drive(searcher, newest_first=newest_first)
 
-    oldest, newest = points(True, newest_first=False), points(True, newest_first=True)
+    oldest, newest = points(3, newest_first=False), points(3, newest_first=True)
     assert len(oldest) == 9 and oldest == newest
     # Without it, the GP fits whichever trials ended first, and the searches part ways.
-    assert points(False, newest_first=False) != points(False, newest_first=True)
+    assert points(None, newest_first=False) != points(None, newest_first=True)
 
 
-def test_a_synchronous_searcher_waits_for_every_running_trial_and_keeps_the_setting(tmp_path):
-    searcher = _searcher(tmp_path, concurrency=2, initial_trials=2, synchronous=True)
+def test_sobol_trials_never_wait_and_gp_batches_wait_for_every_running_trial(tmp_path):
+    searcher = _searcher(tmp_path, concurrency=2, initial_trials=3, synchronous_from=3)
     first, second = searcher.suggest("t0"), searcher.suggest("t1")
     searcher.on_trial_complete("t0", _final(first))
-    assert searcher.suggest("t2") is None  # trial 1 still runs: no batch yet
-    assert searcher.optimizer.num_trials == 2
+    third = searcher.suggest("t2")  # a Sobol point: it does not depend on observations
+    assert third == searcher.config(2) and searcher.optimizer.trials()[2].node == "Sobol"
     searcher.on_trial_complete("t1", _final(second))
-    assert searcher.suggest("t2") == searcher.config(2)
-    assert pickle.loads(pickle.dumps(searcher)).synchronous is True
+    assert searcher.suggest("t3") is None  # the GP's turn, and trial 2 still runs
+    assert searcher.optimizer.num_trials == 3
+    searcher.on_trial_complete("t2", _final(third))
+    assert searcher.suggest("t3") == searcher.config(3)
+    assert searcher.optimizer.trials()[3].node == "GP"
+    assert pickle.loads(pickle.dumps(searcher)).synchronous_from == 3
 
 
 def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
@@ -144,12 +150,16 @@ def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
     ]
 
 
-def test_snapshot_follows_every_trial_that_ends(tmp_path):
+def test_snapshot_follows_every_batch_created_and_every_trial_that_ends(tmp_path):
     searcher = _searcher(tmp_path, concurrency=2)
     point = searcher.suggest("t0")
     searcher.suggest("t1")
-    assert not (tmp_path / "experiment.json").exists()
+    # Running trials' points are in the snapshot at once (the dashboard draws their structure);
+    # searcher.json, which marks the trials that ended, waits for one to end.
+    running = json.loads((tmp_path / "experiment.json").read_text())["experiment"]["trials"]
+    assert len(running) == 2 and not (tmp_path / "searcher.json").exists()
     searcher.on_trial_complete("t0", _final(point))
+    assert (tmp_path / "searcher.json").exists()
     trials = json.loads((tmp_path / "experiment.json").read_text())["experiment"]["trials"]
     assert len(trials) == 2
     searcher.on_trial_complete("t1", error=True)
