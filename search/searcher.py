@@ -33,9 +33,9 @@ early-stopped trials out of the GP anyway. ``AxSearcher``:
   final report itself, with ``vitprune.search.report.final_result(metrics)``. Intermediate
   reports never reach Ax (the GP would otherwise fit the partial accuracy of running trials as
   if it were final);
-- writes the Ax snapshot after every trial that ends, and saves its whole state (Ax experiment,
-  id ↔ index map, queue) in Tune's experiment checkpoint, so ``Tuner.restore`` continues the same
-  Ax experiment.
+- writes the Ax snapshot after every batch it creates and every trial that ends, and saves its
+  whole state (Ax experiment, id ↔ index map, queue) in Tune's experiment checkpoint, so
+  ``Tuner.restore`` continues the same Ax experiment.
 
 Resume semantics (a killed driver loses no finished trial and runs none twice): Tune saves its
 trial table and this searcher's state in one experiment checkpoint, at most every few seconds.
@@ -83,8 +83,9 @@ class AxSearcher(Searcher):
         max_trials: Ax trials to create in all, failed and abandoned ones included. The searcher
             answers ``FINISHED`` once they all exist and none is queued (``run_tune`` lets it
             decide when the search is done).
-        snapshot_path: Where the Ax snapshot (``experiment.json``) is rewritten after every trial
-            that ends; made absolute, since Tune changes working directories.
+        snapshot_path: Where the Ax snapshot (``experiment.json``) is rewritten after every batch
+            created and every trial that ends; made absolute, since Tune changes working
+            directories.
         start: Ax trials already created by hand (``Optimizer.attach``), handed out first.
         synchronous_from: From this many trials on, ask Ax for a new batch only when no trial is
             running (see the module doc): reproducible searches, for the idle workers of a batch's
