@@ -4,23 +4,14 @@ benchmark, minutes each: not run here)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def script():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import gp_vs_random
+def script(benchmarks_on_path):
+    import gp_vs_random
 
-        yield gp_vs_random
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return gp_vs_random
 
 
 def _row(method, seed, test, search_val=None):

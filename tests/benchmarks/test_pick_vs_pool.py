@@ -4,23 +4,15 @@ reads are the benchmark, minutes per search: a made-up search stands in for them
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def script():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import pick_vs_pool
+def script(benchmarks_on_path):
+    import pick_vs_pool
 
-        yield pick_vs_pool
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return pick_vs_pool
 
 
 def _search(worth, scores, nodes=None):
