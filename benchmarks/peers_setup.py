@@ -1,8 +1,9 @@
-"""What ``benchmarks/peers.py`` and ``benchmarks/objective_noise.py`` share: the ``--quick``
-settings, the environment record, progress lines, and writing the JSON report."""
+"""What the scripts of ``benchmarks/`` share: the ``--quick`` settings, the environment record,
+progress lines, writing the JSON report, and reading a finished search's ``trials.csv``."""
 
 from __future__ import annotations
 
+import csv
 import datetime
 import importlib.metadata
 import json
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vitprune.search.rundir import RunDir
 from vitprune.search.spec import SearchSpec, TrialsSpec
 
 # --quick's DeiT-S stand-in for the latency race: 4 blocks of width 64 at 32 px (16 patches).
@@ -83,3 +85,10 @@ def write_report(path: Path | None, report: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2, default=str))
+
+
+def trial_rows(run: RunDir, *, status: str | None = None) -> list[dict[str, str]]:
+    """The rows of a finished search's ``trials.csv`` in trial order, only those of ``status``
+    (e.g. ``"COMPLETED"``) if given."""
+    with open(run.trials_csv, newline="") as file:
+        return [row for row in csv.DictReader(file) if status is None or row["status"] == status]

@@ -22,7 +22,6 @@ Prints a Markdown table per search and a summary per method.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peers_setup import report_header, write_report
+from peers_setup import report_header, trial_rows, write_report
 from scipy.stats import spearmanr
 
 from vitprune.search.rundir import RunDir
@@ -51,8 +50,7 @@ def load(refit_path: Path) -> dict[str, Any]:
     refit = json.loads(refit_path.read_text())
     run = RunDir(Path(refit["run_dir"]))
     spec = json.loads(run.spec.read_text())
-    with open(run.trials_csv, newline="") as file:
-        rows = {int(row["trial"]): row for row in csv.DictReader(file) if row["status"] == "COMPLETED"}
+    rows = {int(row["trial"]): row for row in trial_rows(run, status="COMPLETED")}
     missing = sorted(set(rows) - {int(t) for t in refit["trials"]})
     if missing:
         raise ValueError(f"{refit_path}: trials {missing} of {run.root} were not fine-tuned again")

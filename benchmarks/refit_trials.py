@@ -15,12 +15,11 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 from peers_recipe import finetune_and_measure, mean_sd
-from peers_setup import log, report_header, write_report
+from peers_setup import log, report_header, trial_rows, write_report
 
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.evaluators.trial import cached_context
@@ -41,8 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def completed_trials(run: RunDir) -> list[int]:
     """The indices of the run's trials that completed (their row in ``trials.csv``)."""
-    with open(run.trials_csv, newline="") as file:
-        return [int(row["trial"]) for row in csv.DictReader(file) if row["status"] == "COMPLETED"]
+    return [int(row["trial"]) for row in trial_rows(run, status="COMPLETED")]
 
 
 def main(argv: list[str] | None = None) -> int:

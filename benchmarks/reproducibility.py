@@ -18,18 +18,18 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from peers_setup import log, report_header, write_report
+from peers_setup import log, report_header, trial_rows, write_report
 from peers_vitprune import run_search
 from pydantic import ValidationError
 
 from vitprune.evaluators.config import validation_message
 from vitprune.evaluators.trial import cached_context
+from vitprune.search.rundir import RunDir
 from vitprune.search.spec import SearchSpec, load_spec, spec_document
 from vitprune.spaces import InputError, macs
 
@@ -53,11 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def trial_points(run_dir: Path) -> list[dict[str, str]]:
     """Every trial's status and point, as ``trials.csv`` records them, in index order."""
-    with open(run_dir / "trials.csv", newline="") as file:
-        return [
-            {key: value for key, value in row.items() if key == "status" or key.startswith("point_")}
-            for row in csv.DictReader(file)
-        ]
+    return [
+        {key: value for key, value in row.items() if key == "status" or key.startswith("point_")}
+        for row in trial_rows(RunDir(run_dir))
+    ]
 
 
 def first_difference(runs: list[list[dict[str, str]]]) -> int | None:
