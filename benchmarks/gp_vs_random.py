@@ -16,6 +16,10 @@ which no trial uses) and its test accuracy averaged over ``--recipe-seeds``.
     python benchmarks/gp_vs_random.py --budget-macs 25% --out gp.json   # 3 seeds, about 10 min
     python benchmarks/gp_vs_random.py --seeds 5 --methods gp_ei random
     python benchmarks/gp_vs_random.py --search-val-fraction 0.15        # the old, smaller split
+    python benchmarks/gp_vs_random.py --test-seed 1 --out gp-t1.json     # other test images
+
+Each refit keeps its per-image test results, so ``benchmarks/race_paired.py`` can set the methods
+against one another on the same images, pooled over reports of several ``--test-seed``.
 
 The dense model is trained once (cached) before the timed runs. Prints Markdown tables.
 """
@@ -55,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--trials", type=int, help="trials per search (default: the config's)")
     add("--recipe-seeds", type=int, default=3, help="fine-tunes of each best policy (0: none)")
     add("--search-val-fraction", type=float, help="override data.search_val_fraction")
+    add("--test-seed", type=int, default=0, help="digits: which stratified 20 %% is test (data.test_seed)")
     add("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
     add("--out", type=Path, help="write every figure as JSON")
     add("--resume", action="store_true", help="keep the rows already in --out; run only the missing seeds")
@@ -66,8 +71,10 @@ def configured(args: argparse.Namespace) -> SearchSpec:
     update: dict[str, Any] = {}
     if args.budget_macs:
         update["budget"] = spec.budget.model_copy(update={"macs": args.budget_macs})
+    data = {"test_seed": args.test_seed}
     if args.search_val_fraction:
-        update["data"] = spec.data.model_copy(update={"search_val_fraction": args.search_val_fraction})
+        data["search_val_fraction"] = args.search_val_fraction
+    update["data"] = spec.data.model_copy(update=data)
     return spec.model_copy(update=update)
 
 
@@ -86,7 +93,8 @@ class Comparison:
         configs = [self.spec.finetune.model_copy(update={"seed": seed}) for seed in seeds]
         runs = [finetune_and_measure(model, self.context, config) for config in configs]
         tests = [run["test"]["accuracy"] for run in runs]
-        return mean_sd(tests) | {"runs": tests} if tests else {}
+        correct = [run["test"]["correct"] for run in runs]
+        return mean_sd(tests) | {"runs": tests, "correct": correct} if tests else {}
 
     def search(self, method: str, seed: int, root: Path) -> dict[str, Any]:
         generation = self.spec.generation.model_copy(
@@ -267,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     report |= {
         "budget": f"{comparison.fraction:.0%}",
         "dense_test": comparison.context.dense_test_accuracy,
+        "test_seed": spec.data.test_seed,
         "search_val_images": len(comparison.context.data.search_val),
         "test_images": len(comparison.context.data.test),
     }

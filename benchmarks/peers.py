@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--latency", action="store_true", help="the DeiT-S latency race (default: both parts)")
     add("--budgets", type=float, nargs="+", default=[0.5, 0.25], help="fractions of dense MACs")
     add("--seeds", type=int, default=3, help="fine-tune seeds per contender (0, 1, ...)")
+    add("--test-seed", type=int, default=0, help="digits: which stratified 20 %% is test (data.test_seed)")
     add("--epochs", type=int, help="fine-tune epochs (default: the config's)")
     add("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     add("--tp-variants", nargs="+", default=[v.key for v in tp.ALL_VARIANTS], help="IMPORTANCE/STRUCTURE")
@@ -120,6 +121,7 @@ class Race:
             "model": spec.model.name,
             "model_args": spec.model.args,
             "dense": {"test": self.context.dense_test_accuracy, "macs": self.dense_macs},
+            "test_seed": spec.data.test_seed,
             "recipe": json.loads(self.finetune.model_dump_json()) | {"seeds": list(self.seeds)},
             "selection": SELECTION,
             "budgets": {},
@@ -277,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec, _ = load_spec(args.config)
     spec = quick_spec(spec) if args.quick else spec
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"test_seed": args.test_seed})})
     if (
         {"torch-pruning", "torch-pruning-slack"} & set(args.contenders)
         and args.accuracy

@@ -32,18 +32,23 @@ def split_metrics(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
     Returns:
         ``accuracy`` (top-1), ``cross_entropy`` (mean, nats), ``kl_to_dense`` (mean
         ``KL(p_dense ‖ p_model)`` at temperature 1, nats), ``agreement`` (share of images where
-        the top-1 class is the dense model's), ``images``.
+        the top-1 class is the dense model's), ``images``, and ``correct``: one character per image
+        in the split's fixed order, ``"1"`` where the top-1 class is right (what paired
+        comparisons between models resample: ``benchmarks/race_paired.py``).
     """
     was_training = model.training
     model.eval()
     correct = agree = images = 0
+    right: list[str] = []
     cross_entropy = kl = 0.0
     with torch.inference_mode():
         for inputs, labels in batches:
             logits, dense = model(inputs), teacher(inputs)
             log_p = F.log_softmax(logits, dim=-1)
             log_q = F.log_softmax(dense, dim=-1)
-            correct += int((logits.argmax(-1) == labels).sum())
+            hits = logits.argmax(-1) == labels
+            correct += int(hits.sum())
+            right.extend("1" if hit else "0" for hit in hits.tolist())
             agree += int((logits.argmax(-1) == dense.argmax(-1)).sum())
             cross_entropy += float(F.nll_loss(log_p, labels, reduction="sum"))
             kl += float(F.kl_div(log_p, log_q, reduction="sum", log_target=True))
@@ -55,6 +60,7 @@ def split_metrics(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
         "kl_to_dense": kl / images,
         "agreement": agree / images,
         "images": images,
+        "correct": "".join(right),
     }
 
 

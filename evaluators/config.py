@@ -22,10 +22,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     # Settings that do not change what a cache holds (checks, not inputs).
     not_in_digest: ClassVar[frozenset[str]] = frozenset()
+    # Settings added after caches keyed by this digest existed: they enter it only when set away
+    # from their default (which reproduces the behaviour from before), so those caches stay valid.
+    digest_unless_default: ClassVar[frozenset[str]] = frozenset()
 
     def digest(self) -> str:
         """A stable hash of the section's content (for caches keyed by configuration)."""
-        text = json.dumps(self.model_dump(mode="json", exclude=set(self.not_in_digest)), sort_keys=True)
+        exclude = set(self.not_in_digest) | {
+            name
+            for name in self.digest_unless_default
+            if getattr(self, name) == type(self).model_fields[name].default
+        }
+        text = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -62,9 +70,13 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0)
     pin_memory: bool = False
     seed: int = 0
+    test_seed: int = Field(
+        0, ge=0, description="digits: which stratified 20 % is test (repeat a comparison on other images)"
+    )
     check_images: bool = Field(True, description="imagefolder: open every image header before any work")
 
     not_in_digest: ClassVar[frozenset[str]] = frozenset({"check_images"})
+    digest_unless_default: ClassVar[frozenset[str]] = frozenset({"test_seed"})
 
     @model_validator(mode="before")
     @classmethod
@@ -79,6 +91,8 @@ class DataConfig(Section):
     def _path_when_needed(self) -> DataConfig:
         if self.source != "digits" and self.path is None:
             raise ValueError(f"source {self.source} needs a path (e.g. {self.source}:/data/{self.source})")
+        if self.source != "digits" and self.test_seed != 0:
+            raise ValueError(f"test_seed: only digits draws its test split; {self.source}'s test is fixed")
         return self
 
 

@@ -2,7 +2,8 @@
 
 - ``digits``: scikit-learn's bundled 8×8 digits (1,797 images, no download), upscaled to the
   model's input size, replicated to its channels, normalised with the training split's statistics.
-  A stratified 20 % is test; search-val is carved from the rest.
+  A stratified 20 % is test (``data.test_seed`` draws another 20 %, to repeat a comparison on
+  other images); search-val is carved from the rest.
 - ``imagefolder``: ``PATH/train`` and ``PATH/val`` class folders (ImageNet layout) with timm's
   transforms for the model (``resolve_data_config`` + ``create_transform``); test is ``val``.
 - ``cifar10`` / ``cifar100``: a torchvision-format folder (``download=False``); test is the test set.
@@ -101,7 +102,9 @@ def _digits(config: DataConfig, base: Architecture) -> DataSplits:
     images = F.interpolate(images, size=tuple(base.model_args.get("img_size", (8, 8))), mode="bilinear")
     images = images.expand(-1, base.in_chans, -1, -1).contiguous()
     labels = torch.tensor(digits.target, dtype=torch.long)
-    rest, test = _split_indices(len(labels), DIGITS_TEST_FRACTION, seed=0, labels=digits.target)
+    rest, test = _split_indices(
+        len(labels), DIGITS_TEST_FRACTION, seed=config.test_seed, labels=digits.target
+    )
     train, search_val = _split_indices(
         len(rest), config.search_val_fraction, seed=config.seed, labels=digits.target[rest]
     )

@@ -83,8 +83,16 @@ def test_accuracies_are_fractions_over_the_right_images_and_the_summary_is_their
                 assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["agreement"] <= 1
                 assert math.isfinite(metrics["cross_entropy"]) and metrics["cross_entropy"] > 0
                 assert metrics["kl_to_dense"] >= -1e-6
+                # per image, what benchmarks/race_paired.py pairs between contenders
+                assert len(metrics["correct"]) == metrics["images"] and set(metrics["correct"]) <= {"0", "1"}
+                assert metrics["correct"].count("1") == round(metrics["accuracy"] * metrics["images"])
             assert contender["test"] == {"mean": run["test"]["accuracy"], "sd": 0.0, "n": 1}
             assert contender["search-val"]["mean"] == run["search-val"]["accuracy"]
+
+
+def test_the_report_names_its_test_split(peers):
+    report, _ = peers
+    assert report["accuracy"]["test_seed"] == 0
 
 
 def test_one_recipe_for_every_contender(peers):

@@ -34,6 +34,24 @@ def test_search_val_seed_never_moves_the_test_split(digits_base):
     assert a.search_val.indices != b.search_val.indices
 
 
+def test_test_seed_draws_another_stratified_test_split(digits_base):
+    default = load_data(DataConfig(), digits_base)
+    other = load_data(DataConfig(test_seed=1), digits_base)
+    # test_seed 0 is the split every figure so far was measured on: sklearn's stratified split, seed 0
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    target = load_digits().target
+    _, held = train_test_split(range(1797), test_size=0.2, random_state=0, stratify=target)
+    assert default.test.indices == sorted(held)
+    assert other.test.indices != default.test.indices and len(other.test.indices) == 360
+    train, val, test = (set(split.indices) for split in (other.train, other.search_val, other.test))
+    assert not train & test and not val & test and len(train | val | test) == 1797
+    # stratified: each class holds the same share of the test split whatever the seed
+    counts = [torch.bincount(torch.tensor(target[sorted(t)]), minlength=10) for t in (held, test)]
+    assert torch.equal(counts[0], counts[1])
+
+
 def test_train_order_depends_only_on_the_seed(digits_base):
     data = load_data(DataConfig(batch_size=32), digits_base)
     first = [labels for _, labels in data.train_loader(seed=3)]
@@ -93,6 +111,10 @@ def test_imagefolder_with_timm_transforms(tmp_path):
         ("imagefolder:/no/such/dir", "data.path: /no/such/dir does not exist"),
         ("imagefolder", "data: source imagefolder needs a path"),
         ("mnist:/tmp", "data.source: Input should be 'digits', 'imagefolder', 'cifar10' or 'cifar100'"),
+        (
+            {"source": "cifar10", "path": "/tmp", "test_seed": 1},
+            "data: test_seed: only digits draws its test",
+        ),
     ],
 )
 def test_bad_data_specs_areone_line(spec, message, digits_base):
@@ -145,3 +167,11 @@ def test_an_unreadable_image_is_named_even_from_a_dataloader_worker(tmp_path, ca
         "zz-broken.png: not a readable image (cannot identify image file "
         f"'{tmp_path / 'images' / 'val' / 'b' / 'zz-broken.png'}')"
     )
+
+
+def test_the_default_test_seed_keeps_the_digest_that_caches_were_keyed_by():
+    # The digest of the embedded data section before test_seed existed (dense models cached under it).
+    config = DataConfig(search_val_fraction=0.3)
+    assert config.digest() == "7e47ae206aaa392d"
+    assert DataConfig(search_val_fraction=0.3, test_seed=1).digest() != config.digest()
+    assert DataConfig(search_val_fraction=0.3, check_images=False).digest() == config.digest()
