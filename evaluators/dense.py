@@ -178,7 +178,23 @@ def prepare_dense(
     resized when the data has another class count. A model without fitting trained weights (the
     embedded default, or a resized classifier) is trained with ``training`` and cached under a
     hash of the three configurations, so it is trained once.
+
+    The random initial weights (and a resized classifier) are drawn from ``training.seed``, so the
+    configuration decides the dense model; the caller's random stream is left as it was.
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(training.seed)
+        return _prepare_dense(model_config, data_config, training, cache_dir=cache_dir, on_epoch=on_epoch)
+
+
+def _prepare_dense(
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    training: DenseTrainingConfig,
+    *,
+    cache_dir: Path | None,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+) -> tuple[DenseModel, DataSplits]:
     from vitprune import __version__
 
     model, base = load_dense(

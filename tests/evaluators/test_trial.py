@@ -92,6 +92,28 @@ def test_a_checkpoint_with_another_class_count_gets_a_resized_head(tmp_path, cap
     assert not torch.equal(dense.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)  # trained
 
 
+def test_dense_training_seed_decides_the_dense_model(tmp_path):
+    """Two fresh caches, one configuration: the same weights bit for bit, whatever the global RNG
+    held before (the initial weights, and a resized classifier, come from ``dense_training.seed``)."""
+    model = ModelConfig(name="vitprune_digits_vit", args={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    data = DataConfig(max_train_samples=64)
+    trained = []
+    for draw, seed in enumerate((0, 0, 1)):
+        torch.manual_seed(1000 + draw)  # whatever ran before in this process
+        dense, _ = prepare_dense(
+            model, data, DenseTrainingConfig(epochs=1, seed=seed), cache_dir=tmp_path / str(draw)
+        )
+        trained.append(dense.model.state_dict())
+    first, again, other = trained
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["pos_embed"], other["pos_embed"])
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    prepare_dense(model, data, DenseTrainingConfig(epochs=1), cache_dir=tmp_path / "4")
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is left where it was
+
+
 @pytest.mark.slow
 def test_the_embedded_digits_model_reaches_its_accuracy_target(tmp_path):
     dense, _ = prepare_dense(ModelConfig(), DataConfig(), DenseTrainingConfig(), cache_dir=tmp_path)
