@@ -4,11 +4,16 @@ Goals, on test accuracy (mean over the fine-tune seeds) at equal MACs budgets:
 - vitprune's search ≥ Torch-Pruning + 1 point at 25 % MACs (and below), ≥ Torch-Pruning above;
 - vitprune's uniform policy over every dimension ≥ Torch-Pruning at every budget;
 - latency ratio ÷ MACs ratio of vitprune's policies ≤ Torch-Pruning's at every budget and batch.
+
+An accuracy goal also carries the paired difference on this run's test images and its 95 %
+bootstrap interval (``benchmarks/race_paired.py``), and whether the interval decides the goal.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from race_paired import RaceError, contenders, paired_difference
 
 WHAT = {
     "torch-pruning": "Torch-Pruning 1.6, best variant by search-val",
@@ -44,6 +49,7 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
                         "macs_ratios": [ours["macs_ratio"], rival["macs_ratio"]],
                         "met": ours["test"]["mean"] >= rival["test"]["mean"] + need - 1e-12,
                     }
+                    | _paired(report, key, name, need)
                 )
     rows = report.get("latency", {}).get("rows", [])
     chosen = {
@@ -72,6 +78,19 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return checks
+
+
+def _paired(report: dict[str, Any], budget: str, name: str, need: float) -> dict[str, Any]:
+    """``{"paired": ...}``: the difference with Torch-Pruning on the same test images, its 95 %
+    interval, and ``decided``: ``"met"`` when the interval lies above ``need``, ``"not met"``
+    when below, ``"not resolved"`` otherwise; empty for a report without per-image results."""
+    try:
+        found = contenders(report, budget, source="this run")
+    except RaceError:
+        return {}
+    row = paired_difference([(found[name], found["torch-pruning"])], resamples=2000)
+    decided = "met" if row["low"] >= need else "not met" if row["high"] < need else "not resolved"
+    return {"paired": row | {"decided": decided}}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -147,9 +166,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Goals (issue 13)", ""]
         for check in report["goals"]:
             mark = "met" if check["met"] else "**not met**"
-            lines.append(
-                f"- {check['goal']}: {check['vitprune']:.4f} vs {check['torch_pruning']:.4f}, {mark}"
+            paired = check.get("paired")
+            interval = (
+                f" (paired on the test images: {100 * paired['difference']:+.2f} points, 95 % interval "
+                f"[{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}]: {paired['decided']})"
+                if paired
+                else ""
             )
+            figures = f"{check['vitprune']:.4f} vs {check['torch_pruning']:.4f}"
+            lines.append(f"- {check['goal']}: {figures}, {mark}{interval}")
     return "\n".join(lines)
 
 

@@ -165,6 +165,11 @@ def test_goals_and_tables(peers):
     assert len(report["goals"]) == len(accuracy_goals) + len(latency_goals)
     for goal in accuracy_goals:
         assert goal["met"] == (goal["vitprune"] >= goal["torch_pruning"])
+        paired = goal["paired"]  # the same difference, measured image by image, and its interval
+        assert paired["difference"] == pytest.approx(goal["vitprune"] - goal["torch_pruning"])
+        assert paired["low"] <= paired["difference"] <= paired["high"]
+        assert paired["decided"] in {"met", "not met", "not resolved"}
+        assert f"95 % interval [{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}]" in markdown
     for goal in latency_goals:
         assert goal["met"] == (goal["vitprune"] <= goal["torch_pruning"])
     assert "| budget | contender | MACs ratio | search-val | test | structure |" in markdown
