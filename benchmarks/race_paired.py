@@ -52,6 +52,11 @@ class Contender:
     name: str
     correct: np.ndarray
 
+    @property
+    def runs(self) -> int:
+        """Fine-tunes per image: searches × fine-tunes of each."""
+        return self.correct.shape[0] * self.correct.shape[1]
+
 
 def _matrix(rows: list[str | None], *, what: str) -> np.ndarray:
     """``(fine-tunes, images)`` of 0/1 from the ``correct`` strings of one policy's fine-tunes."""
@@ -118,7 +123,8 @@ def paired_difference(
         if c.correct.shape[-1] != r.correct.shape[-1]:
             raise RaceError(f"{c.name} and {r.name} were measured on different numbers of images")
         n = c.correct.shape[-1]
-        total += float(c.correct.mean(axis=(0, 1)).sum() - r.correct.mean(axis=(0, 1)).sum())
+        # right answers per image, summed: each side's count over its runs (exact: equal shares are 0)
+        total += float(c.correct.sum() / c.runs - r.correct.sum() / r.runs)
         index = rng.integers(n, size=(resamples, n))  # the same images for both: paired
         shares = []
         for side in (c, r):
