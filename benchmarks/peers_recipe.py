@@ -38,7 +38,7 @@ def split_metrics(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
     """
     was_training = model.training
     model.eval()
-    correct = agree = images = 0
+    agree = images = 0
     right: list[str] = []
     cross_entropy = kl = 0.0
     with torch.inference_mode():
@@ -46,16 +46,14 @@ def split_metrics(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
             logits, dense = model(inputs), teacher(inputs)
             log_p = F.log_softmax(logits, dim=-1)
             log_q = F.log_softmax(dense, dim=-1)
-            hits = logits.argmax(-1) == labels
-            correct += int(hits.sum())
-            right.extend("1" if hit else "0" for hit in hits.tolist())
+            right.extend("1" if hit else "0" for hit in (logits.argmax(-1) == labels).tolist())
             agree += int((logits.argmax(-1) == dense.argmax(-1)).sum())
             cross_entropy += float(F.nll_loss(log_p, labels, reduction="sum"))
             kl += float(F.kl_div(log_p, log_q, reduction="sum", log_target=True))
             images += labels.numel()
     model.train(was_training)
     return {
-        "accuracy": correct / images,
+        "accuracy": right.count("1") / images,
         "cross_entropy": cross_entropy / images,
         "kl_to_dense": kl / images,
         "agreement": agree / images,
