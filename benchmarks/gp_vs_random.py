@@ -63,7 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
     add("--out", type=Path, help="write every figure as JSON")
     add("--resume", action="store_true", help="keep the rows already in --out; run only the missing seeds")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.test_seed < 0:
+        parser.error(f"--test-seed: must be 0 or more, got {args.test_seed}")
+    return args
 
 
 def configured(args: argparse.Namespace) -> SearchSpec:

@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--quick", action="store_true", help="tiny models and settings (the tests)")
     add("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
+    if args.test_seed < 0:
+        parser.error(f"--test-seed: must be 0 or more, got {args.test_seed}")
     if not (args.accuracy or args.latency):
         args.accuracy = args.latency = True
     if args.quick:

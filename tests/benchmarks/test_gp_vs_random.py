@@ -67,3 +67,15 @@ def test_the_tables_say_when_the_selection_chose_another_trial_than_axs_best(scr
     assert "- gp_ei: the selection chose another trial than Ax's best in 1 of 2 searches" in text
     assert "chosen − Ax's best: +0.0050" in text
     assert "- random: the selection" not in text  # no selection recorded: nothing said
+
+
+def test_a_negative_test_seed_is_one_line_and_exit_status_2(script, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        script.main(["--test-seed", "-1"])
+    assert stopped.value.code == 2
+    assert "--test-seed: must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def test_the_test_seed_reaches_the_data_section(script):
+    spec = script.configured(script.parse_args(["--test-seed", "2", "--search-val-fraction", "0.2"]))
+    assert spec.data.test_seed == 2 and spec.data.search_val_fraction == 0.2

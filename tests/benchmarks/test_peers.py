@@ -370,3 +370,12 @@ def test_the_search_contender_is_fine_tuned_from_dense_with_the_trials_recipe(sc
     rows = json.loads(later.read_text())["latency"]["rows"]
     timed = {(row["contender"], row["budget"]) for row in rows}
     assert {("vitprune search (its digits point)", budget) for budget in BUDGETS.values()} <= timed
+
+
+def test_a_negative_test_seed_is_one_line_and_exit_status_2(scripts, capsys):
+    import peers
+
+    with pytest.raises(SystemExit) as stopped:
+        peers.parse_args(["--test-seed", "-1"])
+    assert stopped.value.code == 2
+    assert "--test-seed: must be 0 or more, got -1" in capsys.readouterr().err
