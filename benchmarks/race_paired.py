@@ -57,6 +57,15 @@ class Contender:
         """Fine-tunes per image: searches × fine-tunes of each."""
         return self.correct.shape[0] * self.correct.shape[1]
 
+    @property
+    def right(self) -> float:
+        """Right answers per run, from counts (so equal accuracies differ by exactly 0)."""
+        return self.correct.sum() / self.runs
+
+    @property
+    def images(self) -> int:
+        return self.correct.shape[-1]
+
 
 def _matrix(rows: list[str | None], *, what: str) -> np.ndarray:
     """``(fine-tunes, images)`` of 0/1 from the ``correct`` strings of one policy's fine-tunes."""
@@ -67,11 +76,11 @@ def _matrix(rows: list[str | None], *, what: str) -> np.ndarray:
     return np.array([[c == "1" for c in row] for row in rows], dtype=np.int8)
 
 
-def contenders(report: dict[str, Any], budget: str | None, *, source: str) -> dict[str, Contender]:
+def contenders(report: dict[str, Any], budget: str, *, source: str) -> dict[str, Contender]:
     """The contenders of one report by name: a peers report's at ``budget`` (e.g. ``"50%"``), or a
-    gp_vs_random report's methods (its one budget must be ``budget``, if given)."""
+    gp_vs_random report's methods (its one budget must be ``budget``)."""
     if "rows" in report:  # gp_vs_random: one row per method and search seed
-        if budget is not None and report.get("budget") != budget:
+        if report.get("budget") != budget:
             raise RaceError(f"{source}: a gp_vs_random report at {report.get('budget')}, not {budget}")
         groups: dict[str, list[np.ndarray]] = {}
         for row in report["rows"]:
@@ -89,7 +98,6 @@ def contenders(report: dict[str, Any], budget: str | None, *, source: str) -> di
     budgets = report.get("accuracy", {}).get("budgets")
     if budgets is None:
         raise RaceError(f"{source}: neither a peers.py --accuracy nor a gp_vs_random.py report")
-    budget = budget or "50%"
     if budget not in budgets:
         raise RaceError(f"{source}: no budget {budget} (it has {', '.join(budgets) or 'none'})")
     return {
@@ -104,6 +112,13 @@ def contenders(report: dict[str, Any], budget: str | None, *, source: str) -> di
     }
 
 
+def difference(c: Contender, r: Contender) -> float:
+    """``c − r`` in test accuracy on one report's images."""
+    if c.images != r.images:
+        raise RaceError(f"{c.name} and {r.name} were measured on different numbers of images")
+    return (c.right - r.right) / c.images
+
+
 def paired_difference(
     pairs: list[tuple[Contender, Contender]], *, resamples: int = 10_000, seed: int = 0
 ) -> dict[str, float]:
@@ -116,15 +131,11 @@ def paired_difference(
         ``images_to_resolve`` (``images · (half-width / |difference|)²``; ``inf`` when equal).
     """
     rng = np.random.default_rng(seed)
-    images = sum(c.correct.shape[-1] for c, _ in pairs)
-    total = 0.0
+    images = sum(c.images for c, _ in pairs)
+    pooled = sum(difference(c, r) * c.images for c, r in pairs) / images
     boot = np.zeros(resamples)
     for c, r in pairs:
-        if c.correct.shape[-1] != r.correct.shape[-1]:
-            raise RaceError(f"{c.name} and {r.name} were measured on different numbers of images")
-        n = c.correct.shape[-1]
-        # right answers per image, summed: each side's count over its runs (exact: equal shares are 0)
-        total += float(c.correct.sum() / c.runs - r.correct.sum() / r.runs)
+        n = c.images
         index = rng.integers(n, size=(resamples, n))  # the same images for both: paired
         shares = []
         for side in (c, r):
@@ -132,18 +143,18 @@ def paired_difference(
             search = rng.integers(searches, size=(resamples, searches, 1))
             tune = rng.integers(tunes, size=(resamples, searches, tunes))
             hits = side.correct[search, tune].sum(axis=(1, 2), dtype=np.int32)  # (resamples, n)
-            shares.append(np.take_along_axis(hits, index, axis=1).sum(axis=1) / (searches * tunes))
+            shares.append(np.take_along_axis(hits, index, axis=1).sum(axis=1) / side.runs)
         boot += shares[0] - shares[1]
-    difference, boot = total / images, boot / images
+    boot /= images
     low, high = np.quantile(boot, [0.025, 0.975])
     half = (high - low) / 2
     return {
-        "difference": difference,
+        "difference": pooled,
         "low": float(low),
         "high": float(high),
         "p_ahead": float((boot > 0).mean()),
         "images": images,
-        "images_to_resolve": images * (half / abs(difference)) ** 2 if difference else float("inf"),
+        "images_to_resolve": images * (half / abs(pooled)) ** 2 if pooled else float("inf"),
     }
 
 
@@ -158,7 +169,9 @@ def verdict(row: dict[str, float]) -> str:
 def compare(
     reports: list[tuple[str, dict[str, Any]]], *, budget: str | None, against: str, resamples: int
 ) -> dict[str, Any]:
-    """Every contender present in all ``reports`` against ``against``, pooled and per report."""
+    """Every contender present in all ``reports`` against ``against``, pooled and per report.
+    ``budget`` ``None``: the first report's (a gp_vs_random report has one), else 50 %."""
+    budget = budget or reports[0][1].get("budget", "50%")
     tables = [contenders(report, budget, source=source) for source, report in reports]
     for (source, _), table in zip(reports, tables, strict=True):
         if against not in table:
@@ -167,11 +180,11 @@ def compare(
     rows = []
     for name in names:
         pooled = paired_difference([(t[name], t[against]) for t in tables], resamples=resamples)
-        each = [paired_difference([(t[name], t[against])], resamples=resamples)["difference"] for t in tables]
+        each = [difference(t[name], t[against]) for t in tables]
         rows.append({"contender": name, **pooled, "per_report": each, "verdict": verdict(pooled)})
     return {
         "format": FORMAT,
-        "budget": budget or reports[0][1].get("budget", "50%"),
+        "budget": budget,
         "against": against,
         "reports": [source for source, _ in reports],
         "test_seeds": [(report.get("accuracy") or report).get("test_seed", 0) for _, report in reports],

@@ -25,16 +25,16 @@ def _report(contenders: dict[str, list[str]], *, budget="50%", test_seed=0):
     return {"accuracy": {"test_seed": test_seed, "budgets": {budget: {"contenders": entries}}}}
 
 
+def _rows_against_torch_pruning(script, contenders: dict[str, list[str]], *, resamples: int):
+    """``compare``'s rows for one peers report at 50 %, against Torch-Pruning."""
+    report = _report(contenders)
+    return script.compare([("a", report)], budget="50%", against="torch-pruning", resamples=resamples)["rows"]
+
+
 def test_the_difference_is_the_difference_of_mean_test_accuracies(script):
     tp = ["1" * 90 + "0" * 10, "1" * 85 + "0" * 15]  # 0.90 and 0.85: mean 0.875
     search = ["1" * 95 + "0" * 5, "1" * 88 + "0" * 12, "1" * 92 + "0" * 8]  # mean 0.9167
-    result = script.compare(
-        [("a", _report({"torch-pruning": tp, "search": search}))],
-        budget="50%",
-        against="torch-pruning",
-        resamples=2000,
-    )
-    (row,) = result["rows"]
+    (row,) = _rows_against_torch_pruning(script, {"torch-pruning": tp, "search": search}, resamples=2000)
     assert row["contender"] == "search" and row["images"] == 100
     assert row["difference"] == pytest.approx((0.95 + 0.88 + 0.92) / 3 - 0.875)
     assert row["low"] < row["difference"] < row["high"]
@@ -45,36 +45,23 @@ def test_the_difference_is_the_difference_of_mean_test_accuracies(script):
 def test_a_contender_right_wherever_the_reference_is_and_more_is_resolved_ahead(script):
     reference = ["1" * 80 + "0" * 20]
     better = ["1" * 90 + "0" * 10]  # right on the same 80 images and 10 more
-    result = script.compare(
-        [("a", _report({"torch-pruning": reference, "search": better}))],
-        budget="50%",
-        against="torch-pruning",
-        resamples=2000,
+    (row,) = _rows_against_torch_pruning(
+        script, {"torch-pruning": reference, "search": better}, resamples=2000
     )
-    (row,) = result["rows"]
     assert row["difference"] == pytest.approx(0.10)
     assert row["low"] > 0 and row["p_ahead"] == 1.0 and row["verdict"] == "ahead"
     # The same accuracies on different images are not resolved: unpaired noise is far larger.
     shuffled = ["0" * 10 + "1" * 90]
-    result = script.compare(
-        [("a", _report({"torch-pruning": reference, "search": shuffled}))],
-        budget="50%",
-        against="torch-pruning",
-        resamples=2000,
+    rows = _rows_against_torch_pruning(
+        script, {"torch-pruning": reference, "search": shuffled}, resamples=2000
     )
-    assert result["rows"][0]["difference"] == pytest.approx(0.10)
-    assert result["rows"][0]["low"] < row["low"]
+    assert rows[0]["difference"] == pytest.approx(0.10)
+    assert rows[0]["low"] < row["low"]
 
 
 def test_identical_contenders_differ_by_nothing_and_never_resolve(script):
-    rows = ["1" * 30 + "0" * 10, "1" * 25 + "0" * 15]
-    result = script.compare(
-        [("a", _report({"torch-pruning": rows, "uniform-all": rows}))],
-        budget="50%",
-        against="torch-pruning",
-        resamples=500,
-    )
-    (row,) = result["rows"]
+    runs = ["1" * 30 + "0" * 10, "1" * 25 + "0" * 15]
+    (row,) = _rows_against_torch_pruning(script, {"torch-pruning": runs, "uniform-all": runs}, resamples=500)
     assert row["difference"] == 0.0 and row["images_to_resolve"] == float("inf")
     assert row["verdict"] == "not resolved"
 
