@@ -12,10 +12,13 @@ cost (MACs, parameters or modelled latency) lands in ``[(1 − tolerance)·B, B]
    ``t = 1`` is the point itself, ``t = 0`` the narrowest policy of its structure (one head,
    ``align`` dims, neurons and residual channels, one patch token), ``t = 2`` its widest (every
    free width full). The residual (``embed``) keep ratio is one more ratio on the same scale.
-   Ratios of dimensions that are not free are used exactly as given.
+   Token keep ratios move only from the proposal's ``token_start`` on: the layers before it
+   keep every patch token, as the point's schedule says. Ratios of dimensions that are not free
+   are used exactly as given.
 2. **Depth.** When even ``t = 2`` stays under the budget, removed layers are given back one at a
    time (attention and activations in proportion); when even ``t = 0`` exceeds it, more are
-   removed, up to the space's limits. Only with ``depth`` free.
+   removed, up to the space's limits. Only with ``depth`` free. When even the most removals
+   exceed it, tokens start to drop one layer earlier, as far as the first layer.
 3. **Bisection** finds the largest ``t`` whose cost is within the budget.
 4. **Fill.** Rounding to whole heads and aligned widths makes cost a step function of ``t``: one
    step of ``t`` can add an aligned step to every layer at once. The steps the next ``t`` would
@@ -74,6 +77,8 @@ class Proposal:
             the command line); every other ratio and count is used exactly as given.
         max_drop_attn: most attention sub-layers the projection may remove (``depth`` free).
         max_drop_act: most activations the projection may remove.
+        token_start: the first layer whose token keep ratio the projection moves (``tokens``
+            free); the layers before it keep the ratio given, every patch token for a schedule.
     """
 
     ratios: tuple[LayerRatios, ...]
@@ -83,11 +88,16 @@ class Proposal:
     drop_act: int = 0
     max_drop_attn: int | None = None
     max_drop_act: int | None = None
+    token_start: int = 0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.free) - set(DIMENSIONS))
         if unknown:
             raise InputError(f"free: unknown dimension {unknown[0]!r} (known: {', '.join(DIMENSIONS)})")
+        if not 0 <= self.token_start < max(1, len(self.ratios)):
+            raise InputError(
+                f"token_start: must be a layer index in [0, {len(self.ratios) - 1}], got {self.token_start}"
+            )
 
     def embed_at(self, t: float) -> float:
         """The residual keep ratio at scale ``t``."""
@@ -97,8 +107,15 @@ class Proposal:
         """The keep ratios at scale ``t`` (see the module docstring)."""
         moved = [dim for dim in RATIO_DIMENSIONS if dim in self.free]
         return tuple(
-            dataclasses.replace(ratio, **{dim: _scale(getattr(ratio, dim), t) for dim in moved})
-            for ratio in self.ratios
+            dataclasses.replace(
+                ratio,
+                **{
+                    dim: _scale(getattr(ratio, dim), t)
+                    for dim in moved
+                    if dim != "tokens" or i >= self.token_start
+                },
+            )
+            for i, ratio in enumerate(self.ratios)
         )
 
     def depth_ladder(self) -> list[tuple[int, int]]:
@@ -121,6 +138,8 @@ class Fit:
         scale: the ``t`` of the bisection (1: the point's own ratios; < 1 shrunk; > 1 grown).
         filled: single steps added layer by layer after the bisection.
         shortfall: why ``cost`` is below ``(1 − tolerance)`` of the budget, or ``None``.
+        token_start: the first layer whose tokens the projection moved: the proposal's, or an
+            earlier one where the budget needed it.
     """
 
     policy: Policy
@@ -128,6 +147,7 @@ class Fit:
     scale: float
     filled: int = 0
     shortfall: str | None = None
+    token_start: int = 0
 
 
 def project(
@@ -149,6 +169,16 @@ def project(
     limit = budget.limit
     ladder = proposal.depth_ladder()
     rung = ladder.index((proposal.drop_attn, proposal.drop_act))
+    removed_most = removed_layers(scores, drop_attn=ladder[0][0], drop_act=ladder[0][1], depth=base.depth)
+
+    def narrowest(proposal: Proposal) -> float:
+        """The cost at ``t = 0`` with the most removals: the least this proposal can cost."""
+        ratios, embed = proposal.ratios_at(0.0), proposal.embed_at(0.0)
+        attn, act = removed_most
+        return measure(shape_of(base, ratios, removed_attn=attn, removed_act=act, align=align, embed=embed))
+
+    while proposal.token_start > 0 and narrowest(proposal) > limit:  # tokens must drop earlier
+        proposal = dataclasses.replace(proposal, token_start=proposal.token_start - 1)
 
     @functools.cache
     def shape(rung: int, t: float) -> Shape:
@@ -216,7 +246,14 @@ def project(
             shortfall = f"{value / limit:.1%} of the budget: the point's widest policy costs less"
         else:
             shortfall = f"{value / limit:.1%} of the budget: no single head, aligned width or token step fits"
-    return Fit(policy=policy_of(filled, scores), cost=value, scale=low, filled=steps, shortfall=shortfall)
+    return Fit(
+        policy=policy_of(filled, scores),
+        cost=value,
+        scale=low,
+        filled=steps,
+        shortfall=shortfall,
+        token_start=proposal.token_start,
+    )
 
 
 def _scale(ratio: float, t: float) -> float:

@@ -160,6 +160,7 @@ class SearchSpace:
         return Proposal(
             ratios=ratios,
             free=self.dimensions,
+            token_start=self._token_start(point),
             embed=point["embed"] if "embed" in self.dimensions else 1.0,
             drop_attn=round(point["drop_attn"] * self.drop_attn_limit) if depth_on else 0,
             drop_act=round(point["drop_act"] * self.drop_act_limit) if depth_on else 0,
@@ -192,10 +193,16 @@ class SearchSpace:
                     "space.token_keep: auto needs per-layer token rates from the tokens criterion (star)"
                 )
             return [rate ** (2 * (1 - point["tokens"])) for rate in auto]
-        start = min(L - 1, round(point["token_start"] * (L - 1)))
+        start = self._token_start(point)
         final = self.min_token_keep + (1 - self.min_token_keep) * point["tokens"]
         pruning_layers = L - start
         return [final ** (1 / pruning_layers) if i >= start else 1.0 for i in range(L)]
+
+    def _token_start(self, point: Mapping[str, float]) -> int:
+        """The first layer that drops tokens: ``token_start`` as a layer index (0 without it)."""
+        if "token_start" not in self.parameters():
+            return 0
+        return min(self.depth - 1, round(point["token_start"] * (self.depth - 1)))
 
 
 def decode(

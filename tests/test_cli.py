@@ -132,6 +132,27 @@ def test_a_budget_moves_only_the_dimensions_asked_for(tmp_path, capsys):
     assert 0.97 * 0.6 * macs(dense) <= macs(policy) <= 0.6 * macs(dense)
 
 
+def test_a_budget_keeps_the_tokens_before_token_start(tmp_path, capsys):
+    """`--token-start 2` with a budget: the budget shrinks the token schedule and the MLP, but
+    layers 0 and 1 keep every patch token, as asked (they used to be pruned too: 9 and 5 of 16).
+    Where no schedule from the layer asked reaches the budget, tokens drop earlier, and it says so."""
+    argv = ["--keep-mlp", "0.8", "--token-keep", "0.7", "--token-start", "2", "--budget-macs", "0.5"]
+    code, _, err = run(capsys, "policy", *TINY, *argv, "-o", tmp_path / "p.json")
+    assert code == 0, err
+    policy = Policy.from_json((tmp_path / "p.json").read_text())
+    kept = [layer.keep_tokens for layer in policy.layers]
+    assert kept[:2] == [16, 16] and kept[3] <= kept[2] < 16, kept
+    assert 0.97 * 0.5 * macs(Policy.keep_all(policy.base)) <= macs(policy)
+    assert "tokens drop from" not in err
+
+    argv = ["--token-keep", "0.7", "--token-start", "2", "--budget-macs", "0.6"]
+    code, _, err = run(capsys, "policy", *TINY, *argv, "-o", tmp_path / "q.json")
+    assert code == 0, err
+    assert "budget: tokens drop from layer 1, not 2: no later start reaches the budget" in err
+    kept = [layer.keep_tokens for layer in Policy.from_json((tmp_path / "q.json").read_text()).layers]
+    assert kept[0] == 16 and kept[1] < 16, kept
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -110,10 +110,20 @@ def cmd_policy(args: argparse.Namespace) -> None:
             else ("params", args.budget_params, params)
         )
         proposal = Proposal(
-            ratios=ratios, free=requested, embed=embed, drop_attn=drop_attn, drop_act=drop_act
+            ratios=ratios,
+            free=requested,
+            embed=embed,
+            drop_attn=drop_attn,
+            drop_act=drop_act,
+            token_start=token_start,
         )
         budget = Budget(metric, _budget_limit(value, measure(dense)))
         fit = project(proposal, base=base, scores=scores, budget=budget, measure=measure, align=args.align)
+        if "tokens" in requested and fit.token_start != token_start:
+            console.print(
+                f"budget: tokens drop from layer {fit.token_start}, not {token_start}: "
+                "no later start reaches the budget"
+            )
         if fit.shortfall:
             console.print(f"budget: {fit.shortfall}")
         policy = fit.policy

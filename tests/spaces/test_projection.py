@@ -212,3 +212,38 @@ def test_the_uniform_point_scales_every_enabled_dimension_alike(digits, kind):
     summary = fit.policy.summary()
     assert summary["attn_removed"] == summary["act_removed"] == 0
     assert len({layer.mlp_hidden for layer in fit.policy.layers}) <= 2  # one width, up to the fill
+
+
+@pytest.mark.parametrize("kind", ["compact", "per_layer"])
+@pytest.mark.parametrize("model", ["digits", "deit_s"])
+def test_the_layers_before_token_start_keep_every_patch_token(request, model, kind):
+    """A point drops tokens from ``token_start`` on. When the budget shrinks the point, the layers
+    before it still keep every patch token (the projection used to shrink their keep ratio of 1
+    with the others, so every point pruned tokens from the first layer)."""
+    base, scores = request.getfixturevalue(model)
+    space = SearchSpace(kind, depth=base.depth)
+    budget = Budget("macs", 0.5 * macs(Policy.keep_all(base)))
+    for token_start in (0.5, 1.0):
+        point = space.uniform_point() | {"tokens": 0.5, "token_start": token_start}
+        fit = decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs)
+        start = round(token_start * (base.depth - 1))
+        kept = [layer.keep_tokens for layer in fit.policy.layers]
+        assert fit.scale < 1 and 0.99 * budget.limit <= fit.cost <= budget.limit
+        assert kept[:start] == [base.num_patches] * start, kept
+        assert kept[-1] < base.num_patches
+        assert fit.token_start == start
+
+
+def test_a_token_start_too_late_for_the_budget_moves_earlier(digits):
+    """A budget that only a schedule starting earlier can reach still lands: the projection
+    moves the first layer that drops tokens back one layer at a time, and says where it landed."""
+    base, scores = digits
+    space = SearchSpace("compact", depth=base.depth)
+    floor = macs(cheapest(space, base, scores=scores))
+    budget = Budget("macs", 1.2 * floor)
+    point = space.uniform_point() | {"token_start": 1.0}
+    fit = decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs)
+    assert fit.cost <= budget.limit
+    assert fit.token_start < base.depth - 1
+    kept = [layer.keep_tokens for layer in fit.policy.layers]
+    assert kept[: fit.token_start] == [base.num_patches] * fit.token_start
