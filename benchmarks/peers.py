@@ -11,6 +11,10 @@ lands at or below the budget, and is fine-tuned with the same recipe (``search.y
 - ``uniform-all``: one keep ratio for every dimension the search space knows, by the criteria;
 - ``uniform-widths``: the same over heads, q/k, v and MLP only;
 - ``matched``: ``uniform-all`` at the MACs Torch-Pruning's staircase actually landed on;
+- ``uniform-schedules``: ``uniform-all`` with each token schedule (tokens dropped from each layer
+  on in turn, or not at all), every seed, recorded as ``uniform-all/SCHEDULE``; the schedule with
+  the best search-val at the first seed (Torch-Pruning's rule for its variants) is recorded again
+  as ``uniform-schedules``;
 - ``torch-pruning-slack``: for information, Torch-Pruning chosen the same way but allowed
   ``--tp-slack`` (1 %) over the budget: its staircase often has a step just above it;
 - ``search``: a full search (GP-EI, ``search.yaml``'s trials), whose best *policy* is fine-tuned
@@ -44,16 +48,32 @@ import torch
 from peers_recipe import finetune_and_measure, summarise
 from peers_setup import QUICK_LATENCY_ARGS, log, quick_spec, report_header, write_report
 from peers_tables import goals, markdown
-from peers_vitprune import criteria_scores, policy_record, run_search, trial_model_test, uniform_policy
+from peers_vitprune import (
+    criteria_scores,
+    policy_record,
+    run_search,
+    token_schedules,
+    trial_model_test,
+    uniform_policy,
+)
 
 from vitprune.evaluators.criteria import calibration_batches
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.evaluators.trial import cached_context
 from vitprune.search.spec import SearchSpec, load_spec
+from vitprune.spaces import Scores
 from vitprune.spaces.budget import Fit
 from vitprune.spaces.space import ALL_DIMENSIONS, WIDTHS
 
-CONTENDERS = ("torch-pruning", "uniform-all", "uniform-widths", "matched", "torch-pruning-slack", "search")
+CONTENDERS = (
+    "torch-pruning",
+    "uniform-all",
+    "uniform-widths",
+    "matched",
+    "uniform-schedules",
+    "torch-pruning-slack",
+    "search",
+)
 QUICK_VARIANTS = ("l1/head_dims", "l2/heads", "taylor/bottleneck")
 SELECTION = "Torch-Pruning variant: best search-val accuracy at seed 0, then lowest search-val loss"
 
@@ -165,10 +185,36 @@ class Race:
             if "matched" in args.contenders and landed is not None:
                 fit = uniform_policy(base, scores, budget_macs=landed, dimensions=dimensions)
                 self.policy(budget, "matched", fit, dimensions=dimensions)
+            if "uniform-schedules" in args.contenders:
+                self.uniform_schedules(budget, limit, scores, dimensions)
             if "torch-pruning-slack" in args.contenders:
                 self.torch_pruning(budget, limit * (1 + args.tp_slack), name="torch-pruning-slack")
             if "search" in args.contenders:
                 self.search(budget)
+
+    def uniform_schedules(self, budget: float, limit: float, scores: Scores, dimensions: list[str]) -> None:
+        """The uniform policy with each token schedule of :func:`token_schedules`, every seed,
+        recorded as ``uniform-all/SCHEDULE``; then the schedule chosen by Torch-Pruning's rule for
+        its variants (best search-val accuracy at the first seed, then the lowest search-val loss;
+        never test) again as ``uniform-schedules``."""
+        candidates = []
+        for schedule, (dims, start) in token_schedules(self.context.base.depth, dimensions).items():
+            fit = uniform_policy(
+                self.context.base, scores, budget_macs=limit, dimensions=dims, token_start=start
+            )
+            model = apply_policy(self.context.dense, fit.policy)
+            runs = self.tune(model, self.seeds)
+            extra = {
+                "schedule": schedule,
+                "dimensions": list(dims),
+                "token_start": fit.token_start,
+                "keep_tokens": [layer.keep_tokens for layer in fit.policy.layers],
+            } | policy_record(fit.policy, fit)
+            self.record(budget, f"uniform-all/{schedule}", model, runs, **extra)
+            search_val = runs[0]["search-val"]
+            candidates.append(((search_val["accuracy"], -search_val["cross_entropy"]), model, runs, extra))
+        _, model, runs, extra = max(candidates, key=lambda candidate: candidate[0])  # ties: the first
+        self.record(budget, "uniform-schedules", model, runs, **extra)
 
     def torch_pruning(self, budget: float, limit: float, *, name: str) -> float | None:
         """Every variant at the first seed, the best by search-val at every seed, recorded as

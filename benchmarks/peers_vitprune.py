@@ -68,16 +68,40 @@ def uniform_policy(
     budget_macs: float,
     dimensions: Sequence[str],
     align: int = 8,
+    token_start: int = 0,
 ) -> Fit:
     """The uniform policy of ``dimensions`` (module docstring) projected onto ``budget_macs``: the
     point a search starts from (:meth:`SearchSpace.uniform_point`), decoded as its trial 0 is.
+    ``token_start`` is the first layer that drops tokens (0: the search's uniform start).
 
     >>> uniform_policy(base, scores, budget_macs=0.5 * macs(Policy.keep_all(base)),  # doctest: +SKIP
     ...                dimensions=ALL_DIMENSIONS).policy.summary()
     """
     space = SearchSpace("compact", depth=base.depth, dimensions=frozenset(dimensions), align=align)
     budget = Budget("macs", budget_macs)
-    return decode(space.uniform_point(), space=space, base=base, scores=scores, budget=budget, measure=macs)
+    point = space.uniform_point()
+    if "token_start" in point:
+        if not 0 <= token_start < base.depth:
+            raise InputError(
+                f"token_start: must be a layer index in [0, {base.depth - 1}], got {token_start}"
+            )
+        point["token_start"] = token_start / max(1, base.depth - 1)
+    return decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs)
+
+
+def token_schedules(depth: int, dimensions: Sequence[str]) -> dict[str, tuple[tuple[str, ...], int]]:
+    """The uniform policy's token schedules the race tries: name → (dimensions, first layer that
+    drops tokens). Tokens shrink geometrically from each layer in turn, or not at all (the other
+    dimensions then carry the whole cut).
+
+    >>> list(token_schedules(3, ["mlp", "tokens"]))
+    ['tokens-from-0', 'tokens-from-1', 'tokens-from-2', 'no-tokens']
+    """
+    dims = tuple(dimensions)
+    if "tokens" not in dims:
+        return {"no-tokens": (dims, 0)}
+    schedules = {f"tokens-from-{start}": (dims, start) for start in range(depth)}
+    return schedules | {"no-tokens": (tuple(d for d in dims if d != "tokens"), 0)}
 
 
 UNIFORM = {"uniform-all": None, "uniform-widths": WIDTHS}  # None: every dimension of the run

@@ -46,7 +46,11 @@ def run_main(module_name: str, argv: list[str]) -> str:
 
 
 TORCH_PRUNING = ["torch-pruning", "matched", "torch-pruning-slack"]
-CONTENDERS = ["uniform-all", "uniform-widths"] + (TORCH_PRUNING if HAS_TORCH_PRUNING else [])
+CONTENDERS = ["uniform-all", "uniform-widths", "uniform-schedules"] + (
+    TORCH_PRUNING if HAS_TORCH_PRUNING else []
+)
+QUICK_DEPTH = 2
+SCHEDULES = [f"uniform-all/{name}" for name in ("tokens-from-0", "tokens-from-1", "no-tokens")]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def test_every_contender_is_there_at_every_budget_and_lands_at_or_below_it(peers
     assert set(budgets) == set(BUDGETS)
     for key, entry in budgets.items():
         assert entry["target"] == BUDGETS[key]
-        assert set(entry["contenders"]) == set(CONTENDERS)
+        assert set(entry["contenders"]) == set(CONTENDERS) | set(SCHEDULES)
         for name, contender in entry["contenders"].items():
             slack = 1.01 if name == "torch-pruning-slack" else 1.0  # allowed 1 % over, for information
             assert 0 < contender["macs_ratio"] <= entry["target"] * slack, name
@@ -114,6 +118,35 @@ def test_uniform_policies_prune_exactly_their_dimensions(peers):
         assert (every["structure"]["embed_dim"] < QUICK_EMBED) == ("embed" in ALL_DIMENSIONS)
 
 
+def test_each_token_schedule_of_the_uniform_policy_and_the_one_search_val_chooses(peers):
+    """Tokens drop from each layer on in turn (the layers before keep all 16), or not at all; the
+    schedule from layer 0 is the search's uniform start; the choice is Torch-Pruning's rule."""
+    report, _ = peers
+    for entry in report["accuracy"]["budgets"].values():
+        contenders = entry["contenders"]
+        schedules = {name: contenders[name] for name in SCHEDULES}
+        assert schedules["uniform-all/tokens-from-0"]["structure"] == contenders["uniform-all"]["structure"]
+        for start in range(QUICK_DEPTH):
+            schedule = schedules[f"uniform-all/tokens-from-{start}"]
+            assert schedule["token_start"] == start
+            assert schedule["keep_tokens"][:start] == [QUICK_PATCHES] * start
+            assert schedule["keep_tokens"][-1] < QUICK_PATCHES
+        no_tokens = schedules["uniform-all/no-tokens"]
+        assert no_tokens["keep_tokens"] == [QUICK_PATCHES] * QUICK_DEPTH
+        assert "tokens" not in no_tokens["dimensions"]
+        for schedule in schedules.values():
+            assert 0.9 * entry["target"] <= schedule["macs_ratio"] <= entry["target"]
+
+        ranks = {
+            name: (run["search-val"]["accuracy"], -run["search-val"]["cross_entropy"])
+            for name, run in ((name, schedules[name]["runs"][0]) for name in SCHEDULES)
+        }
+        chosen = contenders["uniform-schedules"]
+        best = max(SCHEDULES, key=ranks.__getitem__)  # ties: the first
+        assert f"uniform-all/{chosen['schedule']}" == best
+        assert chosen["runs"] == schedules[best]["runs"]
+
+
 @needs_torch_pruning
 def test_torch_pruning_variants_are_all_tried_and_the_best_by_search_val_is_chosen(peers):
     report, _ = peers
@@ -160,7 +193,8 @@ def test_goals_and_tables(peers):
     report, markdown = peers
     accuracy_goals = [g for g in report["goals"] if "test ≥" in g["goal"]]
     latency_goals = [g for g in report["goals"] if "latency ÷ MACs" in g["goal"]]
-    assert len(accuracy_goals) == (2 if HAS_TORCH_PRUNING else 0)  # uniform-all at each budget
+    # uniform-all and uniform-schedules at each budget
+    assert len(accuracy_goals) == (4 if HAS_TORCH_PRUNING else 0)
     assert len(latency_goals) == (12 if HAS_TORCH_PRUNING else 0)  # 3 policies × 2 budgets × 2 batches
     assert len(report["goals"]) == len(accuracy_goals) + len(latency_goals)
     for goal in accuracy_goals:
