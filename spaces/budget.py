@@ -169,19 +169,8 @@ def project(
     limit = budget.limit
     ladder = proposal.depth_ladder()
     rung = ladder.index((proposal.drop_attn, proposal.drop_act))
-    removed_most = removed_layers(scores, drop_attn=ladder[0][0], drop_act=ladder[0][1], depth=base.depth)
 
-    def narrowest(proposal: Proposal) -> float:
-        """The cost at ``t = 0`` with the most removals: the least this proposal can cost."""
-        ratios, embed = proposal.ratios_at(0.0), proposal.embed_at(0.0)
-        attn, act = removed_most
-        return measure(shape_of(base, ratios, removed_attn=attn, removed_act=act, align=align, embed=embed))
-
-    while proposal.token_start > 0 and narrowest(proposal) > limit:  # tokens must drop earlier
-        proposal = dataclasses.replace(proposal, token_start=proposal.token_start - 1)
-
-    @functools.cache
-    def shape(rung: int, t: float) -> Shape:
+    def shape_at(proposal: Proposal, rung: int, t: float) -> Shape:
         drop_attn, drop_act = ladder[rung]
         removed_attn, removed_act = removed_layers(
             scores, drop_attn=drop_attn, drop_act=drop_act, depth=base.depth
@@ -194,6 +183,15 @@ def project(
             align=align,
             embed=proposal.embed_at(t),
         )
+
+    # The least a proposal can cost is at t = 0 with the most removals (rung 0): where even that
+    # exceeds the budget, tokens must drop earlier.
+    while proposal.token_start > 0 and measure(shape_at(proposal, 0, 0.0)) > limit:
+        proposal = dataclasses.replace(proposal, token_start=proposal.token_start - 1)
+
+    @functools.cache
+    def shape(rung: int, t: float) -> Shape:
+        return shape_at(proposal, rung, t)
 
     def cost(rung: int, t: float) -> float:
         return measure(shape(rung, t))
