@@ -40,6 +40,7 @@ from peers_recipe import finetune_and_measure, mean_sd
 from peers_setup import log, report_header, write_report
 from peers_vitprune import criteria_scores, policy_record, run_search, trial_model_test, uniform_policy
 
+from vitprune.argtypes import whole_number
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.evaluators.trial import cached_context
 from vitprune.search.spec import SearchSpec, load_spec
@@ -59,14 +60,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--trials", type=int, help="trials per search (default: the config's)")
     add("--recipe-seeds", type=int, default=3, help="fine-tunes of each best policy (0: none)")
     add("--search-val-fraction", type=float, help="override data.search_val_fraction")
-    add("--test-seed", type=int, default=0, help="digits: which stratified 20 %% is test (data.test_seed)")
+    add(
+        "--test-seed",
+        type=whole_number(low=0),
+        default=0,
+        help="digits: which stratified 20 %% is test (data.test_seed)",
+    )
     add("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
     add("--out", type=Path, help="write every figure as JSON")
     add("--resume", action="store_true", help="keep the rows already in --out; run only the missing seeds")
-    args = parser.parse_args(argv)
-    if args.test_seed < 0:
-        parser.error(f"--test-seed: must be 0 or more, got {args.test_seed}")
-    return args
+    return parser.parse_args(argv)
 
 
 def configured(args: argparse.Namespace) -> SearchSpec:

@@ -57,6 +57,7 @@ from peers_vitprune import (
     uniform_policy,
 )
 
+from vitprune.argtypes import whole_number
 from vitprune.evaluators.criteria import calibration_batches
 from vitprune.evaluators.surgery import apply_policy
 from vitprune.evaluators.trial import cached_context
@@ -86,7 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--latency", action="store_true", help="the DeiT-S latency race (default: both parts)")
     add("--budgets", type=float, nargs="+", default=[0.5, 0.25], help="fractions of dense MACs")
     add("--seeds", type=int, default=3, help="fine-tune seeds per contender (0, 1, ...)")
-    add("--test-seed", type=int, default=0, help="digits: which stratified 20 %% is test (data.test_seed)")
+    add(
+        "--test-seed",
+        type=whole_number(low=0),
+        default=0,
+        help="digits: which stratified 20 %% is test (data.test_seed)",
+    )
     add("--epochs", type=int, help="fine-tune epochs (default: the config's)")
     add("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     add("--tp-variants", nargs="+", default=[v.key for v in tp.ALL_VARIANTS], help="IMPORTANCE/STRUCTURE")
@@ -107,8 +113,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--quick", action="store_true", help="tiny models and settings (the tests)")
     add("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
-    if args.test_seed < 0:
-        parser.error(f"--test-seed: must be 0 or more, got {args.test_seed}")
     if not (args.accuracy or args.latency):
         args.accuracy = args.latency = True
     if args.quick:

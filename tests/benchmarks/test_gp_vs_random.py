@@ -73,7 +73,7 @@ def test_a_negative_test_seed_is_one_line_and_exit_status_2(script, capsys):
     with pytest.raises(SystemExit) as stopped:
         script.main(["--test-seed", "-1"])
     assert stopped.value.code == 2
-    assert "--test-seed: must be 0 or more, got -1" in capsys.readouterr().err
+    assert "argument --test-seed: must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_the_test_seed_reaches_the_data_section(script):

@@ -412,4 +412,4 @@ def test_a_negative_test_seed_is_one_line_and_exit_status_2(scripts, capsys):
     with pytest.raises(SystemExit) as stopped:
         peers.parse_args(["--test-seed", "-1"])
     assert stopped.value.code == 2
-    assert "--test-seed: must be 0 or more, got -1" in capsys.readouterr().err
+    assert "argument --test-seed: must be >= 0, got -1" in capsys.readouterr().err
