@@ -1,7 +1,8 @@
 """The race against Torch-Pruning (issue 13): vitprune and Torch-Pruning 1.6 side by side in one run.
 
 Accuracy, on the embedded digits model (``search.yaml``'s model, data and dense training, cached
-under ``$VITPRUNE_CACHE``), at each MACs budget; every contender starts from the dense weights,
+under ``$VITPRUNE_CACHE``; ``--config benchmarks/fashion-mnist.yaml`` runs it on Fashion-MNIST's
+10,000 test images), at each MACs budget; every contender starts from the dense weights,
 lands at or below the budget, and is fine-tuned with the same recipe (``search.yaml``'s
 ``finetune``: 5 epochs, soft distillation T=2 α=0.5, AdamW lr 1e-3 cosine) once per seed:
 
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--config", default="search.yaml")
-    add("--accuracy", action="store_true", help="the digits accuracy race (default: both parts)")
+    add("--accuracy", action="store_true", help="the accuracy race on the config's data (default: both)")
     add("--latency", action="store_true", help="the DeiT-S latency race (default: both parts)")
     add("--budgets", type=float, nargs="+", default=[0.5, 0.25], help="fractions of dense MACs")
     add("--seeds", type=int, default=3, help="fine-tune seeds per contender (0, 1, ...)")
@@ -146,6 +147,14 @@ class Race:
         self.out |= {
             "model": spec.model.name,
             "model_args": spec.model.args,
+            "data": {
+                "source": spec.data.source,
+                "path": None if spec.data.path is None else str(spec.data.path),
+                "images": {
+                    split: len(getattr(self.context.data, split.replace("-", "_")))
+                    for split in ("train", "search-val", "test")
+                },
+            },
             "dense": {"test": self.context.dense_test_accuracy, "macs": self.dense_macs},
             "test_seed": spec.data.test_seed,
             "recipe": json.loads(self.finetune.model_dump_json()) | {"seeds": list(self.seeds)},

@@ -57,14 +57,17 @@ class DataConfig(Section):
 
     ``source: digits`` is scikit-learn's bundled 8×8 digits (no download). ``imagefolder`` reads
     ``PATH/train`` and ``PATH/val`` class folders; ``cifar10``/``cifar100`` a torchvision-format
-    folder. The search-val split is carved from train (the search never sees test).
+    folder; ``mnist``/``fashion-mnist`` a folder with the data set's four IDX files. The search-val
+    split is carved from train (the search never sees test).
     """
 
-    source: Literal["digits", "imagefolder", "cifar10", "cifar100"] = "digits"
+    source: Literal["digits", "imagefolder", "cifar10", "cifar100", "mnist", "fashion-mnist"] = "digits"
     path: Path | None = None
     search_val_fraction: float = Field(0.15, gt=0, lt=1)
     max_train_samples: int | None = Field(None, gt=0, description="subsample train for quick searches")
-    augment_shift: int = Field(1, ge=0, description="digits: random shifts of up to N pixels (train only)")
+    augment_shift: int = Field(
+        1, ge=0, description="digits, mnist, fashion-mnist: random shifts of up to N pixels (train only)"
+    )
     batch_size: int = Field(32, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     num_workers: int = Field(0, ge=0)

@@ -7,6 +7,12 @@
 - ``imagefolder``: ``PATH/train`` and ``PATH/val`` class folders (ImageNet layout) with timm's
   transforms for the model (``resolve_data_config`` + ``create_transform``); test is ``val``.
 - ``cifar10`` / ``cifar100``: a torchvision-format folder (``download=False``); test is the test set.
+- ``mnist`` / ``fashion-mnist``: the four IDX files of the data set (gzipped or not), in ``PATH``
+  itself (as Debian's ``dataset-fashion-mnist`` installs them in ``/usr/share/datasets/fashion-mnist``)
+  or in torchvision's ``PATH/MNIST/raw`` / ``PATH/FashionMNIST/raw``. Test is the 10,000 test
+  images; the 28×28 images are resized to the model's input, replicated to its channels and
+  normalised with the training split's statistics, like digits (and shifted the same way in
+  training).
 
 For folder sources, search-val is a fixed, seeded subset of the training images evaluated with
 the eval transform; the remaining training images are the train split. The search only ever sees
@@ -15,7 +21,10 @@ train and search-val.
 
 from __future__ import annotations
 
+import functools
+import gzip
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +99,10 @@ def _split_indices(
     """A seeded (stratified when ``labels`` is given) split of ``range(n)`` into (rest, held-out)."""
     from sklearn.model_selection import train_test_split
 
-    rest, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=labels)
+    try:
+        rest, held = train_test_split(np.arange(n), test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as error:  # too few images to hold one of every class on each side
+        raise InputError(f"data: {fraction:g} of {n} images cannot be split by class ({error})") from None
     return sorted(rest.tolist()), sorted(held.tolist())
 
 
@@ -145,6 +157,113 @@ class ShiftedDigits(Dataset):
         padded = F.pad(image, (s, s, s, s), value=self.background)
         h, w = image.shape[-2:]
         return padded[..., s + dy : s + dy + h, s + dx : s + dx + w], label
+
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """The array of unsigned bytes in the IDX file ``path`` (MNIST's format: the magic bytes
+    0, 0, 0x08, rank, then one big-endian 32-bit size per dimension), gzipped or not. A file that
+    is not one, or is cut short, is an :class:`InputError` naming it."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError) as error:  # gzip's BadGzipFile is an OSError
+        raise InputError(f"data.path: {path}: unreadable ({error})") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise InputError(f"data.path: {path}: not an IDX file of unsigned bytes")
+    rank = data[3]
+    header = 4 + 4 * rank
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
+    if len(data) - header != math.prod(shape):
+        raise InputError(
+            f"data.path: {path}: {len(data) - max(header, 4)} bytes of data where its header says {shape}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx_path(root: Path, name: str, source: str) -> Path:
+    for folder in (root, root / TORCHVISION_FOLDERS[source] / "raw"):
+        for path in (folder / name, folder / f"{name}.gz"):
+            if path.is_file():
+                return path
+    raise InputError(
+        f"data.path: no {name}[.gz] under {root} (expected the IDX files of {source}; "
+        "Debian's dataset-fashion-mnist package puts them in /usr/share/datasets/fashion-mnist)"
+    )
+
+
+def _read_idx_split(root: Path, split: str, source: str) -> tuple[Tensor, np.ndarray]:
+    image_file, label_file = (_idx_path(root, name, source) for name in IDX_FILES[split])
+    images, labels = read_idx(image_file), read_idx(label_file)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise InputError(
+            f"data.path: {image_file.name} holds {images.shape} and {label_file.name} {labels.shape}; "
+            "expected N images and N labels"
+        )
+    if labels.max(initial=0) > 9:
+        raise InputError(f"data.path: {label_file}: label {labels.max()}, expected 0-9")
+    return torch.from_numpy(images.copy()), labels
+
+
+class GrayImages(Dataset):
+    """Grayscale ``uint8`` images served as the model takes them: resized to ``size`` (per image,
+    so that a 224-pixel model does not hold the whole set at that size), replicated to
+    ``channels``, normalised by ``mean`` and ``std``."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: np.ndarray,
+        *,
+        size: tuple[int, int],
+        channels: int,
+        mean: float,
+        std: float,
+    ) -> None:
+        self.images, self.labels = images, torch.tensor(labels, dtype=torch.long)
+        self.size, self.channels, self.mean, self.std = size, channels, mean, std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.images[index].to(torch.float32).div(255)[None, None]
+        if tuple(image.shape[-2:]) != self.size:
+            image = F.interpolate(image, size=self.size, mode="bilinear", antialias=True)
+        image = ((image[0] - self.mean) / self.std).expand(self.channels, -1, -1).contiguous()
+        return image, self.labels[index]
+
+
+def _mnist(config: DataConfig, base: Architecture) -> DataSplits:
+    root = Path(config.path)
+    train_images, train_labels = _read_idx_split(root, "train", config.source)
+    test_images, test_labels = _read_idx_split(root, "test", config.source)
+    train, search_val = _split_indices(
+        len(train_labels), config.search_val_fraction, seed=config.seed, labels=train_labels
+    )
+    if config.max_train_samples is not None:
+        train = train[: config.max_train_samples]
+    pixels = train_images[train].to(torch.float32).div(255)
+    mean, std = pixels.mean().item(), pixels.std().item()
+    size = (base.grid_size[0] * base.patch_size[0], base.grid_size[1] * base.patch_size[1])
+    served = functools.partial(GrayImages, size=size, channels=base.in_chans, mean=mean, std=std)
+    full, test = served(train_images, train_labels), served(test_images, test_labels)
+    shift = config.augment_shift
+    augmented = ShiftedDigits(full, max_shift=shift, background=-mean / std) if shift else full
+    return DataSplits(
+        Subset(augmented, train),
+        Subset(full, search_val),
+        test,
+        num_classes=10,
+        config=config,
+        train_clean=Subset(full, train),
+    )
 
 
 def _timm_transforms(base: Architecture) -> tuple[object, object]:
@@ -219,6 +338,8 @@ def num_classes(config: DataConfig) -> int:
         return 10
     if config.source in ("cifar10", "cifar100"):
         return 10 if config.source == "cifar10" else 100
+    if config.source in TORCHVISION_FOLDERS:
+        return 10
     classes = [entry for entry in (_image_root(config) / "train").iterdir() if entry.is_dir()]
     if not classes:
         raise InputError(f"data.path: {config.path}/train holds no class folders")
@@ -267,7 +388,14 @@ def load_data(config: DataConfig, base: Architecture) -> DataSplits:
     """The splits of ``config.source`` prepared for the model ``base``."""
     if config.path is not None and not Path(config.path).exists():
         raise InputError(f"data.path: {config.path} does not exist")
-    loaders = {"digits": _digits, "imagefolder": _imagefolder, "cifar10": _cifar, "cifar100": _cifar}
+    loaders = {
+        "digits": _digits,
+        "imagefolder": _imagefolder,
+        "cifar10": _cifar,
+        "cifar100": _cifar,
+        "mnist": _mnist,
+        "fashion-mnist": _mnist,
+    }
     splits = loaders[config.source](config, base)
     log.info(
         "%s: %d train, %d search-val, %d test images, %d classes",

@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="accuracy, MACs, params and latency of a pruned model (JSON)")
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument(
-        "--data", default="digits", help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH"
+        "--data",
+        default="digits",
+        help="digits | imagefolder:PATH | cifar10:PATH | cifar100:PATH | mnist:PATH | fashion-mnist:PATH",
     )
     p.add_argument(
         "--dense", type=Path, metavar="DIR", help="the dense model: teacher, accuracy and latency ratios"

@@ -1,3 +1,6 @@
+import gzip
+
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_model
@@ -110,7 +113,11 @@ def test_imagefolder_with_timm_transforms(tmp_path):
     [
         ("imagefolder:/no/such/dir", "data.path: /no/such/dir does not exist"),
         ("imagefolder", "data: source imagefolder needs a path"),
-        ("mnist:/tmp", "data.source: Input should be 'digits', 'imagefolder', 'cifar10' or 'cifar100'"),
+        (
+            "svhn:/tmp",
+            "data.source: Input should be 'digits', 'imagefolder', 'cifar10', 'cifar100', 'mnist' or "
+            "'fashion-mnist'",
+        ),
         (
             {"source": "cifar10", "path": "/tmp", "test_seed": 1},
             "data: test_seed: only digits draws its test",
@@ -130,6 +137,76 @@ def test_folder_layout_errors_name_the_path(tmp_path, digits_base):
         load_data(parse_section(DataConfig, f"imagefolder:{tmp_path}", "data"), digits_base)
     with pytest.raises(InputError, match="no cifar10 data under"):
         load_data(parse_section(DataConfig, f"cifar10:{tmp_path}", "data"), tiny_model("deit")[1])
+
+
+def write_idx(path, array, *, compress=True):
+    """``array`` (uint8) as an IDX file, gzipped when ``compress`` (as Debian ships them)."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    data = header + array.tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def write_mnist(folder, *, train=50, test=20, compress=True):
+    """A tiny MNIST-format data set: image ``i`` of class ``i % 10`` is all ``25 * (i % 10)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count) % 10
+        images = np.repeat(25 * labels, 28 * 28).reshape(count, 28, 28)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, compress=compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, compress=compress)
+
+
+def test_fashion_mnist_from_debians_gzipped_idx_files(tmp_path, digits_base):
+    write_mnist(tmp_path)
+    config = parse_section(DataConfig, f"fashion-mnist:{tmp_path}", "data").model_copy(
+        update={"search_val_fraction": 0.2}
+    )
+    data = load_data(config, digits_base)
+    assert (len(data.train), len(data.search_val), len(data.test), data.num_classes) == (40, 10, 20, 10)
+    assert not set(data.train.indices) & set(data.search_val.indices)
+    assert sorted(int(data.search_val[i][1]) for i in range(10)) == list(range(10))  # stratified
+    image, label = data.test[3]
+    assert image.shape == (1, 16, 16) and int(label) == 3  # test is the t10k files, resized
+    clean = torch.stack([data.train_clean[i][0] for i in range(len(data.train_clean))])
+    assert abs(clean.mean().item()) < 1e-5 and abs(clean.std().item() - 1) < 0.05  # train statistics
+    assert torch.allclose(image, torch.full_like(image, image[0, 0, 0].item()))  # a flat image stays flat
+
+
+def test_mnist_from_torchvisions_raw_folder_at_the_models_input(tmp_path):
+    write_mnist(tmp_path / "MNIST" / "raw", train=100, compress=False)
+    _, base = tiny_model("deit")  # 3 channels, 64×64
+    data = load_data(parse_section(DataConfig, f"mnist:{tmp_path}", "data"), base)
+    assert data.test[0][0].shape == (3, 64, 64) and len(data.test) == 20
+
+
+def test_a_broken_idx_data_set_is_one_line_naming_the_file(tmp_path, digits_base):
+    def error():
+        with pytest.raises(InputError) as raised:
+            load_data(parse_section(DataConfig, f"fashion-mnist:{tmp_path}", "data"), digits_base)
+        assert "\n" not in str(raised.value)
+        return str(raised.value)
+
+    assert "no train-images-idx3-ubyte[.gz] under" in error()
+    write_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(19))  # 19 labels for 20 images
+    assert "t10k-images-idx3-ubyte.gz holds (20, 28, 28) and t10k-labels-idx1-ubyte.gz (19,)" in error()
+    truncated = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    truncated.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 20]) + bytes(5)))
+    assert error().endswith("t10k-labels-idx1-ubyte.gz: 5 bytes of data where its header says (20,)")
+    truncated.write_bytes(b"<html>not found</html>")
+    assert "t10k-labels-idx1-ubyte.gz: unreadable (Not a gzipped file" in error()
+    truncated.write_bytes(gzip.compress(b"<html>"))
+    assert error().endswith("t10k-labels-idx1-ubyte.gz: not an IDX file of unsigned bytes")
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(20, 12))
+    assert error().endswith("t10k-labels-idx1-ubyte.gz: label 12, expected 0-9")
+    write_mnist(tmp_path)  # whole again; but 15 % of 50 training images is 8, fewer than 10 classes
+    assert error().startswith("data: 0.15 of 50 images cannot be split by class (The test_size = 8")
 
 
 def test_an_unreadable_image_is_named_even_from_a_dataloader_worker(tmp_path, capsys):
