@@ -94,9 +94,15 @@ def test_accuracies_are_fractions_over_the_right_images_and_the_summary_is_their
             assert contender["search-val"]["mean"] == run["search-val"]["accuracy"]
 
 
-def test_the_report_names_its_test_split(peers):
+def test_the_report_names_its_data_and_test_split(peers):
     report, _ = peers
     assert report["accuracy"]["test_seed"] == 0
+    data = report["accuracy"]["data"]
+    assert data["source"] == "digits" and data["path"] is None
+    assert data["images"]["train"] == 512  # --quick's max_train_samples
+    runs = report["accuracy"]["budgets"]["50%"]["contenders"]["uniform-all"]["runs"]
+    assert data["images"]["test"] == runs[0]["test"]["images"] == 360
+    assert data["images"]["search-val"] == runs[0]["search-val"]["images"]
 
 
 def test_one_recipe_for_every_contender(peers):
