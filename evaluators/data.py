@@ -126,7 +126,7 @@ def _digits(config: DataConfig, base: Architecture) -> DataSplits:
     mean, std = images[train].mean(), images[train].std()
     full = TensorDataset((images - mean) / std, labels)
     shift = config.augment_shift
-    augmented = ShiftedDigits(full, max_shift=shift, background=float(-mean / std)) if shift else full
+    augmented = ShiftedImages(full, max_shift=shift, background=float(-mean / std)) if shift else full
     return DataSplits(
         Subset(augmented, train),
         Subset(full, search_val),
@@ -137,12 +137,12 @@ def _digits(config: DataConfig, base: Architecture) -> DataSplits:
     )
 
 
-class ShiftedDigits(Dataset):
-    """Digits shifted by up to ``max_shift`` pixels in each direction, the uncovered border filled
-    with the background value: the augmentation that lets a ViT trained from scratch on 1,221
-    images generalise. Draws from torch's global RNG (seeded by training)."""
+class ShiftedImages(Dataset):
+    """Images (digits, MNIST) shifted by up to ``max_shift`` pixels in each direction, the
+    uncovered border filled with the background value: the augmentation that lets a ViT trained
+    from scratch on 1,221 digits generalise. Draws from torch's global RNG (seeded by training)."""
 
-    def __init__(self, images: TensorDataset, *, max_shift: int, background: float) -> None:
+    def __init__(self, images: Dataset, *, max_shift: int, background: float) -> None:
         self.images = images
         self.max_shift = max_shift
         self.background = background
@@ -179,10 +179,12 @@ def read_idx(path: Path) -> np.ndarray:
         raise InputError(f"data.path: {path}: not an IDX file of unsigned bytes")
     rank = data[3]
     header = 4 + 4 * rank
+    if len(data) < header:
+        raise InputError(f"data.path: {path}: cut short in its header")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     if len(data) - header != math.prod(shape):
         raise InputError(
-            f"data.path: {path}: {len(data) - max(header, 4)} bytes of data where its header says {shape}"
+            f"data.path: {path}: {len(data) - header} bytes of data where its header says {shape}"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -255,7 +257,7 @@ def _mnist(config: DataConfig, base: Architecture) -> DataSplits:
     served = functools.partial(GrayImages, size=size, channels=base.in_chans, mean=mean, std=std)
     full, test = served(train_images, train_labels), served(test_images, test_labels)
     shift = config.augment_shift
-    augmented = ShiftedDigits(full, max_shift=shift, background=-mean / std) if shift else full
+    augmented = ShiftedImages(full, max_shift=shift, background=-mean / std) if shift else full
     return DataSplits(
         Subset(augmented, train),
         Subset(full, search_val),

@@ -199,6 +199,8 @@ def test_a_broken_idx_data_set_is_one_line_naming_the_file(tmp_path, digits_base
     truncated = tmp_path / "t10k-labels-idx1-ubyte.gz"
     truncated.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 20]) + bytes(5)))
     assert error().endswith("t10k-labels-idx1-ubyte.gz: 5 bytes of data where its header says (20,)")
+    truncated.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0])))
+    assert error().endswith("t10k-labels-idx1-ubyte.gz: cut short in its header")
     truncated.write_bytes(b"<html>not found</html>")
     assert "t10k-labels-idx1-ubyte.gz: unreadable (Not a gzipped file" in error()
     truncated.write_bytes(gzip.compress(b"<html>"))
