@@ -22,6 +22,10 @@ images are what dominates it): what a data set needs to tell the two apart at th
     python benchmarks/race_paired.py race-t0.json race-t1.json race-t2.json --budget 50%
     python benchmarks/race_paired.py gp-t0.json gp-t1.json gp-t2.json --against random
     python benchmarks/race_paired.py race.json --budget 25% --against uniform-all --out paired.json
+    python benchmarks/race_paired.py race.json+slack.json --budget 25% --against torch-pruning-slack
+
+``A+B``: peers reports of separate runs on the same test split and dense model, their contenders
+taken together as one report (a contender in both must have the same per-image results).
 
 Prints a Markdown table; ``--out`` writes the figures as JSON.
 """
@@ -110,6 +114,40 @@ def contenders(report: dict[str, Any], budget: str, *, source: str) -> dict[str,
         )
         for name, entry in budgets[budget]["contenders"].items()
     }
+
+
+def merge_runs(parts: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """One peers report from ``parts``, reports of separate runs on the same test images: the
+    union of their contenders at every budget. The runs must share test split, data and dense
+    model; a contender measured in more than one must have the same per-image results in each."""
+    source = "+".join(name for name, _ in parts)
+    merged: dict[str, Any] | None = None
+    for name, report in parts:
+        accuracy = report.get("accuracy")
+        if accuracy is None or "budgets" not in accuracy:
+            raise RaceError(f"{name}: only peers.py --accuracy reports can be joined with '+'")
+        if merged is None:
+            merged = json.loads(json.dumps(report))  # a copy to add to
+            continue
+        first = merged["accuracy"]
+        for key in ("test_seed", "data", "dense"):
+            if accuracy.get(key) != first.get(key):
+                raise RaceError(
+                    f"{source}: {name} has another {key} than {parts[0][0]}: not the same test images"
+                )
+        for budget, entry in accuracy["budgets"].items():
+            into = first["budgets"].setdefault(budget, {"target": entry.get("target"), "contenders": {}})
+            for contender, results in entry["contenders"].items():
+                known = into["contenders"].get(contender)
+                if known is not None and _corrects(known) != _corrects(results):
+                    raise RaceError(f"{source}: {budget} {contender} differs between the runs")
+                into["contenders"][contender] = results
+    assert merged is not None
+    return source, merged
+
+
+def _corrects(entry: dict[str, Any]) -> list[str | None]:
+    return [run["test"].get("correct") for run in entry.get("runs", [])]
 
 
 def difference(c: Contender, r: Contender) -> float:
@@ -216,7 +254,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", type=Path, nargs="+", help="peers.py or gp_vs_random.py --out files")
+    parser.add_argument(
+        "reports", type=Path, nargs="+", help="peers.py or gp_vs_random.py --out files (A+B: one split)"
+    )
     parser.add_argument("--budget", help="as the report labels it: 50%% (a peers report's default), 25%%")
     parser.add_argument(
         "--against", help="the reference (default: torch-pruning, or random for gp_vs_random)"
@@ -226,17 +266,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def read_report(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RaceError(f"{path}: cannot read a JSON report ({error})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.resamples < 100:
             raise RaceError(f"--resamples: at least 100, got {args.resamples}")
         reports = []
-        for path in args.reports:
-            try:
-                reports.append((str(path), json.loads(path.read_text())))
-            except (OSError, json.JSONDecodeError) as error:
-                raise RaceError(f"{path}: cannot read a JSON report ({error})") from None
+        for argument in args.reports:
+            paths = [argument] if argument.exists() else [Path(p) for p in str(argument).split("+")]
+            parts = [(str(path), read_report(path)) for path in paths]
+            reports.append(parts[0] if len(parts) == 1 else merge_runs(parts))
         against = args.against or ("random" if "rows" in reports[0][1] else "torch-pruning")
         result = compare(reports, budget=args.budget, against=against, resamples=args.resamples)
     except RaceError as error:

@@ -131,6 +131,31 @@ def test_writes_json_and_markdown(script, tmp_path, capsys):
     assert np.isfinite(saved["rows"][0]["images_to_resolve"])
 
 
+def test_runs_on_the_same_split_join_with_a_plus(script, tmp_path, capsys):
+    race = tmp_path / "race.json"
+    slack = tmp_path / "slack.json"
+    tp = ["1" * 8 + "0" * 2]
+    race.write_text(json.dumps(_report({"torch-pruning": tp, "search": ["1" * 9 + "0"]})))
+    slack.write_text(json.dumps(_report({"torch-pruning": tp, "torch-pruning-slack": ["1" * 7 + "0" * 3]})))
+    joined = f"{race}+{slack}"
+    assert script.main([joined, "--against", "torch-pruning-slack", "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| search | 10 | +20.00 |" in out and "| torch-pruning | 10 | +10.00 |" in out
+    assert "test splits 0 pooled" in out  # one split, not two
+
+    other = _report({"torch-pruning-slack": ["1" * 10]}, test_seed=1)
+    slack.write_text(json.dumps(other))
+    assert script.main([joined, "--resamples", "200"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{slack} has another test_seed than {race}: not the same test images")
+    slack.write_text(json.dumps(_report({"torch-pruning": ["0" * 10]})))
+    assert script.main([joined, "--resamples", "200"]) == 2
+    assert "50% torch-pruning differs between the runs" in capsys.readouterr().err
+    slack.write_text(json.dumps(_gp_report({"random": [["1" * 10]]})))
+    assert script.main([joined, "--resamples", "200"]) == 2
+    assert "only peers.py --accuracy reports can be joined with '+'" in capsys.readouterr().err
+
+
 def _gp_report(methods: dict[str, list[list[str]]], *, budget="25%", test_seed=0):
     """A gp_vs_random report: per method, per search seed, one ``correct`` string per refit."""
     rows = []
