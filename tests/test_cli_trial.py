@@ -57,7 +57,7 @@ def test_train_dense_reads_a_ray_cluster_yaml(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"data": {"source": "mnist"}}, "data.source: Input should be"),
+        ({"data": {"source": "svhn"}}, "data.source: Input should be"),
         ({"dense_training": {"epochs": 0}}, "dense_training.epochs: Input should be greater than 0"),
         ({"model": {"nmae": "x"}}, "model.nmae: unknown key"),
         (
