@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from peers_recipe import finetune_and_measure, mean_sd
 from peers_setup import log, report_header, trial_rows, write_report
 
@@ -34,6 +35,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, nargs="+", help="trial indices (default: every completed one)")
     parser.add_argument("--seeds", type=int, default=5, help="fine-tune seeds per policy")
     parser.add_argument("--seed0", type=int, default=0, help="the first fine-tune seed (then seed0 + 1, ...)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1, as the race's fine-tunes: tiny models on 2 loaded cores "
+        "slow down badly with a second thread)",
+    )
     parser.add_argument("--out", type=Path, help="write every figure as JSON")
     return parser.parse_args(argv)
 
@@ -53,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, InputError) as error:
         print(f"refit_trials: {run.root}: {error}".splitlines()[0], file=sys.stderr)
         return 2
+    torch.set_num_threads(args.threads)
     context = cached_context(spec.model, spec.data, spec.dense_training)
     report = report_header("refit_trials", 1, argv) | {"run_dir": str(run.root), "trials": {}}
     lines = ["| trial | structure | search-val | test |", "|---|---|---|---|"]

@@ -4,6 +4,7 @@ loaded (its fine-tunes are the benchmark, a minute per policy: not run here)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vitprune.search.spec import SearchSpec
 
@@ -33,3 +34,31 @@ def test_without_trials_it_refits_every_completed_trial(script, tmp_path, capsys
     assert script.completed_trials(RunDir(tmp_path)) == [0, 2]
     assert script.main([str(tmp_path), "--seeds", "3", "--seed0", "100"]) == 2  # no policy files here
     assert "trials/0000/policy.json" in capsys.readouterr().err
+
+
+def test_fine_tunes_run_on_one_thread_unless_told(script, tmp_path, monkeypatch):
+    """Tiny models on 2 loaded cores: with torch's default 2 threads a refit of 2 policies ran
+    50 minutes without finishing, where the race's one-thread fine-tunes take 35 s each."""
+    from vitprune.evaluators.dense import load_dense
+    from vitprune.spaces import Policy
+
+    (tmp_path / "spec.json").write_text(SearchSpec().model_dump_json())
+    (tmp_path / "trials" / "0000").mkdir(parents=True)
+    policy = Policy.keep_all(load_dense("vitprune_digits_vit")[1])
+    (tmp_path / "trials" / "0000" / "policy.json").write_text(policy.to_json())
+
+    class Loaded(Exception):
+        pass
+
+    def stop(*_args, **_kwargs):
+        raise Loaded(torch.get_num_threads())
+
+    monkeypatch.setattr(script, "cached_context", stop)
+    before = torch.get_num_threads()
+    try:
+        for argv, threads in (([], 1), (["--threads", "2"], 2)):
+            with pytest.raises(Loaded) as loaded:
+                script.main([str(tmp_path), "--trials", "0", *argv])
+            assert loaded.value.args == (threads,)
+    finally:
+        torch.set_num_threads(before)
