@@ -125,12 +125,27 @@ def _digits(config: DataConfig, base: Architecture) -> DataSplits:
         train = train[: config.max_train_samples]
     mean, std = images[train].mean(), images[train].std()
     full = TensorDataset((images - mean) / std, labels)
+    return _shifted_splits(full, train, search_val, Subset(full, test), config, background=float(-mean / std))
+
+
+def _shifted_splits(
+    full: Dataset,
+    train: list[int],
+    search_val: list[int],
+    test: Dataset,
+    config: DataConfig,
+    *,
+    background: float,
+) -> DataSplits:
+    """The splits of a normalised in-memory source (digits, MNIST): ``train`` and ``search_val``
+    index ``full``; training images are shifted (``config.augment_shift``), filling with
+    ``background``."""
     shift = config.augment_shift
-    augmented = ShiftedImages(full, max_shift=shift, background=float(-mean / std)) if shift else full
+    augmented = ShiftedImages(full, max_shift=shift, background=background) if shift else full
     return DataSplits(
         Subset(augmented, train),
         Subset(full, search_val),
-        Subset(full, test),
+        test,
         num_classes=10,
         config=config,
         train_clean=Subset(full, train),
@@ -253,19 +268,14 @@ def _mnist(config: DataConfig, base: Architecture) -> DataSplits:
         train = train[: config.max_train_samples]
     pixels = train_images[train].to(torch.float32).div(255)
     mean, std = pixels.mean().item(), pixels.std().item()
-    size = (base.grid_size[0] * base.patch_size[0], base.grid_size[1] * base.patch_size[1])
-    served = functools.partial(GrayImages, size=size, channels=base.in_chans, mean=mean, std=std)
+    served = functools.partial(GrayImages, size=_input_size(base), channels=base.in_chans, mean=mean, std=std)
     full, test = served(train_images, train_labels), served(test_images, test_labels)
-    shift = config.augment_shift
-    augmented = ShiftedImages(full, max_shift=shift, background=-mean / std) if shift else full
-    return DataSplits(
-        Subset(augmented, train),
-        Subset(full, search_val),
-        test,
-        num_classes=10,
-        config=config,
-        train_clean=Subset(full, train),
-    )
+    return _shifted_splits(full, train, search_val, test, config, background=-mean / std)
+
+
+def _input_size(base: Architecture) -> tuple[int, int]:
+    """The model's own input size (a pretrained_cfg keeps the size its weights were trained at)."""
+    return (base.grid_size[0] * base.patch_size[0], base.grid_size[1] * base.patch_size[1])
 
 
 def _timm_transforms(base: Architecture) -> tuple[object, object]:
@@ -274,9 +284,7 @@ def _timm_transforms(base: Architecture) -> tuple[object, object]:
 
     with torch.device("meta"):
         model = timm.create_model(base.model, pretrained=False, **base.model_args)
-    # The model's own input size: pretrained_cfg keeps the size the weights were trained at.
-    size = (base.grid_size[0] * base.patch_size[0], base.grid_size[1] * base.patch_size[1])
-    data_config = resolve_data_config(args={"input_size": (base.in_chans, *size)}, model=model)
+    data_config = resolve_data_config(args={"input_size": (base.in_chans, *_input_size(base))}, model=model)
     return create_transform(**data_config, is_training=True), create_transform(
         **data_config, is_training=False
     )
