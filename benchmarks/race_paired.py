@@ -33,6 +33,7 @@ Prints a Markdown table; ``--out`` writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from dataclasses import dataclass
@@ -121,15 +122,13 @@ def merge_runs(parts: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, 
     union of their contenders at every budget. The runs must share test split, data and dense
     model; a contender measured in more than one must have the same per-image results in each."""
     source = "+".join(name for name, _ in parts)
-    merged: dict[str, Any] | None = None
     for name, report in parts:
-        accuracy = report.get("accuracy")
-        if accuracy is None or "budgets" not in accuracy:
+        if "budgets" not in (report.get("accuracy") or {}):
             raise RaceError(f"{name}: only peers.py --accuracy reports can be joined with '+'")
-        if merged is None:
-            merged = json.loads(json.dumps(report))  # a copy to add to
-            continue
-        first = merged["accuracy"]
+    merged = copy.deepcopy(parts[0][1])
+    first = merged["accuracy"]
+    for name, report in parts[1:]:
+        accuracy = report["accuracy"]
         for key in ("test_seed", "data", "dense"):
             if accuracy.get(key) != first.get(key):
                 raise RaceError(
@@ -142,7 +141,6 @@ def merge_runs(parts: list[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, 
                 if known is not None and _corrects(known) != _corrects(results):
                     raise RaceError(f"{source}: {budget} {contender} differs between the runs")
                 into["contenders"][contender] = results
-    assert merged is not None
     return source, merged
 
 
