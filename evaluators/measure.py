@@ -13,6 +13,7 @@ restores the model's train/eval mode.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Iterable, Mapping
@@ -131,6 +132,13 @@ class Accuracy:
     top1: float
     top5: float | None
     samples: int
+
+    @property
+    def top1_sem(self) -> float:
+        """Standard error of ``top1`` as an estimate of the accuracy on unseen images: binomial,
+        with one right and one wrong image added (Laplace) so that 0 % and 100 % are not exact."""
+        p = (self.top1 * self.samples + 1) / (self.samples + 2)
+        return math.sqrt(p * (1 - p) / self.samples)
 
 
 def accuracy(

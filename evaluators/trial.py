@@ -183,7 +183,7 @@ def evaluate(
         measured = accuracy(model, data.eval_loader(split), device=train_device)
         report[f"{split.replace('-', '_')}_accuracy"] = measured.top1
         if i == 0:
-            report |= {"accuracy": measured.top1, "top5": measured.top5}
+            report |= {"accuracy": measured.top1, "accuracy_sem": measured.top1_sem, "top5": measured.top5}
         if compare_dense:
             dense = accuracy(teacher, data.eval_loader(split), device=train_device).top1
             report[f"dense_{split.replace('-', '_')}_accuracy"] = dense

@@ -16,8 +16,9 @@ configure → suggest → complete / fail / abandon → best, with JSON snapshot
 
 Every parameter is a float in [0, 1]: integer parameters make the acquisition optimiser several
 times slower, so decoding a point into a policy (rounding to whole heads, neurons, layers) is the
-trainable's job. Metrics are reported without a standard error; Ax then infers the noise level,
-and judges feasibility on the measured value itself.
+trainable's job. A metric is reported as a value, or as ``(value, standard error)`` when its
+noise is known (search-val accuracy: binomial over its images). The GP then models that noise
+instead of inferring it; Ax judges feasibility on the measured value itself either way.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class Optimizer:
         return {index: {k: float(v) for k, v in point.items()} for index, point in trials.items()}
 
     # -------------------------------------------------------------------- complete
-    def complete(self, index: int, metrics: Mapping[str, float]) -> str:
+    def complete(self, index: int, metrics: Mapping[str, float | tuple[float, float]]) -> str:
         """Attach the final metrics of a RUNNING trial and mark it COMPLETED.
 
         A trial whose objective or constraint metric is not finite (NaN loss, diverged
@@ -181,7 +182,8 @@ class Optimizer:
 
         Args:
             index: Ax trial index.
-            metrics: Every objective and constraint metric, optionally tracked metrics.
+            metrics: Every objective and constraint metric, optionally tracked metrics; each a
+                value or ``(value, standard error)``.
 
         Returns:
             The trial's new status, ``"COMPLETED"`` or ``"FAILED"``.
@@ -196,12 +198,14 @@ class Optimizer:
         missing = sorted(set(self.required_metric_names) - set(metrics))
         if missing:
             raise ValueError(f"metrics: trial {index} lacks {missing}, which the optimisation needs")
-        values = {name: float(value) for name, value in metrics.items()}
-        not_finite = {name: v for name, v in values.items() if not math.isfinite(v)}
+        outcomes = {
+            name: self._with_known_noise(name, _outcome(name, value)) for name, value in metrics.items()
+        }
+        not_finite = {name: o for name, o in outcomes.items() if not math.isfinite(_mean(o))}
         if any(name in self.required_metric_names for name in not_finite):
             self.fail(index, f"non-finite metrics {not_finite}")
             return TrialStatus.FAILED.name
-        finite = {name: v for name, v in values.items() if name not in not_finite}
+        finite = {name: o for name, o in outcomes.items() if name not in not_finite}
         self._changed()
         status = self._writable_client("complete").complete_trial(trial_index=index, raw_data=finite)
         return status.name
@@ -426,6 +430,23 @@ class Optimizer:
     def _experiment(self) -> Experiment:
         return ax_adapter.experiment(self._configured_client("experiment"))
 
+    def _with_known_noise(
+        self, name: str, outcome: float | tuple[float, float]
+    ) -> float | tuple[float, float]:
+        """``outcome``, with its standard error only if every earlier value of ``name`` has one.
+
+        The GP cannot mix known and unknown noise in one metric. A search begun by a vitprune that
+        reported no standard error, and resumed by one that does, keeps inferring the noise.
+        """
+        earlier = [name in r.sems for r in self.trials() if name in r.metrics]
+        if not earlier:
+            return outcome
+        if isinstance(outcome, tuple):
+            return outcome if all(earlier) else outcome[0]
+        if any(earlier):
+            raise ValueError(f"metrics: {name} comes without a standard error; earlier trials had one")
+        return outcome
+
     def _running_trial(self, index: int, caller: str) -> None:
         trials = self._experiment.trials
         if index not in trials:
@@ -446,3 +467,17 @@ class Optimizer:
             yield
         finally:
             torch.set_num_threads(previous)
+
+
+def _outcome(name: str, value: float | tuple[float, float]) -> float | tuple[float, float]:
+    """A reported metric as Ax takes it: a float, or ``(mean, standard error)``."""
+    if not isinstance(value, tuple):
+        return float(value)
+    mean, sem = (float(v) for v in value)
+    if not (math.isfinite(sem) and sem >= 0):
+        raise ValueError(f"metrics: {name} has standard error {sem}; it must be finite and >= 0")
+    return mean, sem
+
+
+def _mean(outcome: float | tuple[float, float]) -> float:
+    return outcome[0] if isinstance(outcome, tuple) else outcome

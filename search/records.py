@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,6 +70,7 @@ class TrialRecord:
         fit_s: Seconds Ax spent fitting the model for this trial's suggestion (0 when the fit
             was shared with an earlier trial of the same batch).
         gen_s: Seconds Ax spent optimising the acquisition function for it.
+        sems: Standard errors reported with the metrics, for those that had one.
     """
 
     index: int
@@ -82,6 +84,7 @@ class TrialRecord:
     reason: str | None
     fit_s: float
     gen_s: float
+    sems: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +101,11 @@ def trial_records(experiment: Any) -> list[TrialRecord]:
     from vitprune.search import ax_adapter
 
     observed: dict[int, dict[str, float]] = {}
+    sems: dict[int, dict[str, float]] = {}
     for row in experiment.lookup_data().df.itertuples():
         observed.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
+        if not math.isnan(row.sem):
+            sems.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.sem)
     records = []
     for index, trial in sorted(experiment.trials.items()):
         run = trial.generator_runs[0]
@@ -120,6 +126,7 @@ def trial_records(experiment: Any) -> list[TrialRecord]:
                 reason=trial.status_reason,
                 fit_s=float(run.fit_time or 0.0),
                 gen_s=float(run.gen_time or 0.0),
+                sems=sems.get(index, {}),
             )
         )
     return records

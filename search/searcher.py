@@ -203,7 +203,12 @@ class AxSearcher(Searcher):
                     FINAL_KEY,
                 )
         else:
-            metrics = {name: result[name] for name in optimizer.metric_names if name in result}
+            # A metric's standard error, when the trial reports one (``accuracy_sem``), goes with it.
+            metrics = {
+                name: (result[name], result[f"{name}_sem"]) if f"{name}_sem" in result else result[name]
+                for name in optimizer.metric_names
+                if name in result
+            }
             try:
                 optimizer.complete(index, metrics)
             except (ValueError, TypeError) as problem:

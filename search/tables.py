@@ -15,6 +15,7 @@ from vitprune.spaces.files import write_text_atomic
 
 METRICS = ("accuracy", "macs", "params", "latency_ms")
 FROM_TRIAL = (
+    "accuracy_sem",
     "zero_shot_accuracy",
     "top5",
     "finetune_seconds",

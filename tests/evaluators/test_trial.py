@@ -74,7 +74,19 @@ def test_finetuning_a_half_macs_model_beats_its_zero_shot_accuracy(context):
     assert m["accuracy"] > m["zero_shot_accuracy"] + 0.05
     assert m["latency_ms"] > 0 and m["latency_min_ms"] <= m["latency_ms"] <= m["latency_max_ms"]
     assert 0 <= m["test_accuracy"] <= 1 and m["finetune_epochs"] == 3
+    # Search-val accuracy comes with its binomial standard error, which the search hands to Ax.
+    images = len(context.data.eval_loader("search-val").dataset)
+    p = (m["accuracy"] * images + 1) / (images + 2)
+    assert m["accuracy_sem"] == pytest.approx((p * (1 - p) / images) ** 0.5)
     assert sum(p.numel() for p in result.model.parameters()) == m["params"]
+
+
+def test_the_standard_error_of_an_accuracy_is_binomial_and_never_zero():
+    from vitprune.evaluators.measure import Accuracy
+
+    assert Accuracy(top1=0.8, top5=None, samples=3000).top1_sem == pytest.approx(0.00730, abs=1e-5)
+    perfect = Accuracy(top1=1.0, top5=None, samples=400).top1_sem
+    assert 0.002 < perfect < 0.003  # 400 of 400 right is not certainty
 
 
 def test_a_checkpoint_with_another_class_count_gets_a_resized_head(tmp_path, caplog):

@@ -75,6 +75,48 @@ def test_sobol_trials_then_gp_trials_with_single_task_gp_and_log_nei():
     assert optimizer.timing().trials == 5
 
 
+def _with_sem(metrics: dict[str, float], sem: float = 0.01) -> dict:
+    return {**metrics, "accuracy": (metrics["accuracy"], sem)}
+
+
+def test_a_known_standard_error_reaches_the_gp_as_fixed_noise():
+    from vitprune.search import ax_adapter
+
+    optimizer = fake.optimizer(initial_trials=3)
+    while optimizer.num_trials < 5:
+        for index, point in optimizer.suggest(1).items():
+            optimizer.complete(index, _with_sem(fake.evaluate(point)))
+    records = optimizer.trials()
+    assert [r.node for r in records] == ["Sobol", "Sobol", "Sobol", "GP", "GP"]
+    assert [r.sems for r in records] == [{"accuracy": 0.01}] * 5
+    for record in records:  # the value is still the mean that was reported
+        assert record.metrics == pytest.approx(fake.evaluate(record.parameters))
+    model = ax_adapter.fitted_adapter(optimizer._client).generator.surrogate.model
+    accuracy_model = model.models[0] if hasattr(model, "models") else model  # a ModelListGP per metric
+    assert type(accuracy_model.likelihood).__name__ == "FixedNoiseGaussianLikelihood"
+
+
+def test_a_metric_keeps_one_kind_of_noise_for_the_whole_search():
+    # A search begun without standard errors (an older vitprune) and resumed with them keeps
+    # inferring the noise: the GP cannot mix known and unknown noise in one metric.
+    optimizer = fake.optimizer(initial_trials=2)
+    first, second = sorted(optimizer.suggest(2))
+    optimizer.complete(first, fake.evaluate(optimizer.parameters(first)))
+    optimizer.complete(second, _with_sem(fake.evaluate(optimizer.parameters(second))))
+    assert [r.sems for r in optimizer.trials()] == [{}, {}]
+    ((third, _),) = optimizer.suggest(1).items()  # the GP fits
+    assert optimizer.trials()[third].node == "GP"
+    # The reverse cannot be repaired, and a standard error must be a number >= 0.
+    optimizer = fake.optimizer(initial_trials=3)
+    first, second, third = sorted(optimizer.suggest(3))
+    optimizer.complete(first, _with_sem(fake.evaluate(optimizer.parameters(first))))
+    with pytest.raises(ValueError, match="accuracy comes without a standard error; earlier trials had one"):
+        optimizer.complete(second, fake.evaluate(optimizer.parameters(second)))
+    with pytest.raises(ValueError, match=r"accuracy has standard error -0.01; it must be finite and >= 0"):
+        optimizer.complete(third, _with_sem(fake.evaluate(optimizer.parameters(third)), -0.01))
+    assert optimizer.status(second) == optimizer.status(third) == "RUNNING"
+
+
 def test_a_batch_is_one_call_with_distinct_points():
     optimizer = fake.optimizer(initial_trials=3)
     _run(optimizer, 4)  # Sobol ×3, then the first GP trial

@@ -150,6 +150,21 @@ def test_each_outcome_ends_its_ax_trial_the_right_way(tmp_path, caplog):
     ]
 
 
+def test_a_reported_standard_error_goes_to_ax_with_its_metric(tmp_path):
+    searcher = _searcher(tmp_path, max_trials=2, concurrency=2, initial_trials=2)
+    points = {f"t{i}": searcher.suggest(f"t{i}") for i in range(2)}
+    searcher.on_trial_complete("t0", {**_final(points["t0"]), "accuracy_sem": 0.007})
+    searcher.on_trial_complete("t1", {**_final(points["t1"]), "accuracy_sem": -1.0})
+    records = searcher.optimizer.trials()
+    assert records[0].sems == {"accuracy": 0.007}
+    assert records[0].metrics == pytest.approx(fake.evaluate(points["t0"]))
+    assert records[1].status == "FAILED"
+    assert (
+        records[1].reason
+        == "bad final report: metrics: accuracy has standard error -1.0; it must be finite and >= 0"
+    )
+
+
 def test_snapshot_follows_every_batch_created_and_every_trial_that_ends(tmp_path):
     searcher = _searcher(tmp_path, concurrency=2)
     point = searcher.suggest("t0")
