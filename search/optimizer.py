@@ -198,8 +198,9 @@ class Optimizer:
         missing = sorted(set(self.required_metric_names) - set(metrics))
         if missing:
             raise ValueError(f"metrics: trial {index} lacks {missing}, which the optimisation needs")
+        earlier = self.trials()
         outcomes = {
-            name: self._with_known_noise(name, _outcome(name, value)) for name, value in metrics.items()
+            name: _with_known_noise(name, _outcome(name, value), earlier) for name, value in metrics.items()
         }
         not_finite = {name: o for name, o in outcomes.items() if not math.isfinite(_mean(o))}
         if any(name in self.required_metric_names for name in not_finite):
@@ -430,23 +431,6 @@ class Optimizer:
     def _experiment(self) -> Experiment:
         return ax_adapter.experiment(self._configured_client("experiment"))
 
-    def _with_known_noise(
-        self, name: str, outcome: float | tuple[float, float]
-    ) -> float | tuple[float, float]:
-        """``outcome``, with its standard error only if every earlier value of ``name`` has one.
-
-        The GP cannot mix known and unknown noise in one metric. A search begun by a vitprune that
-        reported no standard error, and resumed by one that does, keeps inferring the noise.
-        """
-        earlier = [name in r.sems for r in self.trials() if name in r.metrics]
-        if not earlier:
-            return outcome
-        if isinstance(outcome, tuple):
-            return outcome if all(earlier) else outcome[0]
-        if any(earlier):
-            raise ValueError(f"metrics: {name} comes without a standard error; earlier trials had one")
-        return outcome
-
     def _running_trial(self, index: int, caller: str) -> None:
         trials = self._experiment.trials
         if index not in trials:
@@ -477,6 +461,24 @@ def _outcome(name: str, value: float | tuple[float, float]) -> float | tuple[flo
     if not (math.isfinite(sem) and sem >= 0):
         raise ValueError(f"metrics: {name} has standard error {sem}; it must be finite and >= 0")
     return mean, sem
+
+
+def _with_known_noise(
+    name: str, outcome: float | tuple[float, float], earlier: Sequence[TrialRecord]
+) -> float | tuple[float, float]:
+    """``outcome``, with its standard error only if every ``earlier`` value of ``name`` has one.
+
+    The GP cannot mix known and unknown noise in one metric. A search begun by a vitprune that
+    reported no standard error, and resumed by one that does, keeps inferring the noise.
+    """
+    had = [name in record.sems for record in earlier if name in record.metrics]
+    if not had:
+        return outcome
+    if isinstance(outcome, tuple):
+        return outcome if all(had) else outcome[0]
+    if any(had):
+        raise ValueError(f"metrics: {name} comes without a standard error; earlier trials had one")
+    return outcome
 
 
 def _mean(outcome: float | tuple[float, float]) -> float:
