@@ -38,6 +38,8 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms import Normalize, Standardize
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
+from vitprune.evaluators.measure import Accuracy
+
 NOISE_MODELS = ("inferred", "binomial")
 
 
@@ -50,21 +52,28 @@ def trials(run: Path, images: int | None) -> tuple[torch.Tensor, torch.Tensor, t
     columns = sorted(c for c in rows[0] if c.startswith("point_"))
     x = torch.tensor([[float(row[c]) for c in columns] for row in rows], dtype=torch.double)
     y = torch.tensor([[float(row["accuracy"])] for row in rows], dtype=torch.double)
-    if images is not None:
-        p = (y * images + 1) / (images + 2)
-        variance = p * (1 - p) / images
+    if images is not None:  # the standard error a trial saves now, from its accuracy and images
+        sems = [Accuracy(top1=float(row["accuracy"]), top5=None, samples=images).top1_sem for row in rows]
     elif all(row.get("accuracy_sem") for row in rows):
-        variance = torch.tensor([[float(row["accuracy_sem"]) ** 2] for row in rows], dtype=torch.double)
+        sems = [float(row["accuracy_sem"]) for row in rows]
     else:
         raise ValueError(f"{run}: its trials saved no accuracy_sem; give --images (search-val images)")
-    return x, y, variance
+    return x, y, torch.tensor(sems, dtype=torch.double).unsqueeze(-1) ** 2
 
 
-def inferred_noise_sd(x: torch.Tensor, y: torch.Tensor) -> float:
-    """The noise sd (in accuracy) that a GP fitted on every trial infers."""
-    gp = SingleTaskGP(x, y, input_transform=Normalize(d=x.shape[-1]), outcome_transform=Standardize(m=1))
+def fitted(x: torch.Tensor, y: torch.Tensor, variance: torch.Tensor | None = None) -> SingleTaskGP:
+    """The search's GP on ``x``, ``y``: the noise inferred, or ``variance`` taken as known."""
+    known = {} if variance is None else {"train_Yvar": variance}
+    gp = SingleTaskGP(
+        x, y, input_transform=Normalize(d=x.shape[-1]), outcome_transform=Standardize(m=1), **known
+    )
     fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-    return math.sqrt(gp.likelihood.noise.mean().item()) * gp.outcome_transform.stdvs.item()
+    return gp
+
+
+def inferred_noise_variance(gp: SingleTaskGP) -> float:
+    """The noise variance a GP with inferred noise settled on, in accuracy² (not standardised)."""
+    return gp.likelihood.noise.mean().item() * gp.outcome_transform.stdvs.item() ** 2
 
 
 def leave_one_out(
@@ -74,21 +83,13 @@ def leave_one_out(
     squared, nlpd = [], []
     for i in range(len(x)):
         keep = torch.arange(len(x)) != i
-        known = {"train_Yvar": variance[keep]} if noise == "binomial" else {}
-        gp = SingleTaskGP(
-            x[keep],
-            y[keep],
-            input_transform=Normalize(d=x.shape[-1]),
-            outcome_transform=Standardize(m=1),
-            **known,
-        )
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+        gp = fitted(x[keep], y[keep], variance[keep] if noise == "binomial" else None)
         with torch.no_grad():
             posterior = gp.posterior(x[i : i + 1])
         mean = posterior.mean.item()
         # The observation's own noise: the inferred level, or the left-out trial's binomial one.
-        observed = gp.likelihood.noise.mean().item() * gp.outcome_transform.stdvs.item() ** 2
-        spread = posterior.variance.item() + (observed if noise == "inferred" else variance[i].item())
+        observed = inferred_noise_variance(gp) if noise == "inferred" else variance[i].item()
+        spread = posterior.variance.item() + observed
         error = y[i].item() - mean
         squared.append(error**2)
         nlpd.append(0.5 * math.log(2 * math.pi * spread) + error**2 / (2 * spread))
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     totals: dict[str, list[tuple[float, float]]] = {noise: [] for noise in NOISE_MODELS}
     for run, (x, y, variance) in runs.items():
-        sd = {"inferred": inferred_noise_sd(x, y), "binomial": variance.sqrt().mean().item()}
+        sd = {
+            "inferred": math.sqrt(inferred_noise_variance(fitted(x, y))),
+            "binomial": variance.sqrt().mean().item(),
+        }
         for noise in NOISE_MODELS:
             rmse, nlpd = leave_one_out(x, y, variance, noise)
             totals[noise].append((rmse, nlpd))
