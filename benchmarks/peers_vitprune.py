@@ -68,11 +68,12 @@ def uniform_policy(
     budget_macs: float,
     dimensions: Sequence[str],
     align: int = 8,
-    token_start: int = 0,
+    token_start: int | None = None,
 ) -> Fit:
     """The uniform policy of ``dimensions`` (module docstring) projected onto ``budget_macs``: the
     point a search starts from (:meth:`SearchSpace.uniform_point`), decoded as its trial 0 is.
-    ``token_start`` is the first layer that drops tokens (0: the search's uniform start).
+    ``token_start`` is the first layer that drops tokens (``None``: the search's uniform start,
+    :attr:`SearchSpace.uniform_token_start`).
 
     >>> uniform_policy(base, scores, budget_macs=0.5 * macs(Policy.keep_all(base)),  # doctest: +SKIP
     ...                dimensions=ALL_DIMENSIONS).policy.summary()
@@ -80,7 +81,7 @@ def uniform_policy(
     space = SearchSpace("compact", depth=base.depth, dimensions=frozenset(dimensions), align=align)
     budget = Budget("macs", budget_macs)
     point = space.uniform_point()
-    if "token_start" in point:
+    if "token_start" in point and token_start is not None:
         if not 0 <= token_start < base.depth:
             raise InputError(
                 f"token_start: must be a layer index in [0, {base.depth - 1}], got {token_start}"

@@ -126,12 +126,13 @@ def test_uniform_policies_prune_exactly_their_dimensions(peers):
 
 def test_each_token_schedule_of_the_uniform_policy_and_the_one_search_val_chooses(peers):
     """Tokens drop from each layer on in turn (the layers before keep all 16), or not at all; the
-    schedule from layer 0 is the search's uniform start; the choice is Torch-Pruning's rule."""
+    schedule from layer ⌈depth/4⌉ (1 of 2) is the search's uniform start; the choice is
+    Torch-Pruning's rule."""
     report, _ = peers
     for entry in report["accuracy"]["budgets"].values():
         contenders = entry["contenders"]
         schedules = {name: contenders[name] for name in SCHEDULES}
-        assert schedules["uniform-all/tokens-from-0"]["structure"] == contenders["uniform-all"]["structure"]
+        assert schedules["uniform-all/tokens-from-1"]["structure"] == contenders["uniform-all"]["structure"]
         for start in range(QUICK_DEPTH):
             schedule = schedules[f"uniform-all/tokens-from-{start}"]
             assert schedule["token_start"] == start

@@ -202,7 +202,9 @@ def test_the_uniform_point_scales_every_enabled_dimension_alike(digits, kind):
     budget = Budget("macs", 0.4 * macs(Policy.keep_all(base)))
     fit = decode(space.uniform_point(), space=space, base=base, scores=scores, budget=budget, measure=macs)
     uniform = project(
-        Proposal(ratios=(LayerRatios(),) * base.depth, free=space.dimensions),
+        Proposal(
+            ratios=(LayerRatios(),) * base.depth, free=space.dimensions, token_start=space.uniform_token_start
+        ),
         base=base,
         scores=scores,
         budget=budget,
@@ -212,6 +214,33 @@ def test_the_uniform_point_scales_every_enabled_dimension_alike(digits, kind):
     summary = fit.policy.summary()
     assert summary["attn_removed"] == summary["act_removed"] == 0
     assert len({layer.mlp_hidden for layer in fit.policy.layers}) <= 2  # one width, up to the fill
+
+
+@pytest.mark.parametrize("kind", ["compact", "per_layer"])
+@pytest.mark.parametrize(("model", "start"), [("digits", 2), ("deit_s", 3)])
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_the_uniform_policy_keeps_every_token_in_the_first_quarter_of_the_layers(
+    request, model, start, kind, fraction
+):
+    """The uniform start drops tokens from layer ⌈L/4⌉ on (2 of the digits ViT's 6 layers, 3 of
+    DeiT-S's 12, where EViT starts), not from layer 0: before, the uniform policy pruned tokens
+    from the first layer, where the class token's attention is a weak guide."""
+    base, scores = request.getfixturevalue(model)
+    space = SearchSpace(kind, depth=base.depth)
+    assert space.uniform_token_start == start
+    budget = Budget("macs", fraction * macs(Policy.keep_all(base)))
+    fit = decode(space.uniform_point(), space=space, base=base, scores=scores, budget=budget, measure=macs)
+    kept = [layer.keep_tokens for layer in fit.policy.layers]
+    assert fit.token_start == start
+    assert kept[:start] == [base.num_patches] * start, kept
+    assert kept[start] < base.num_patches and 0.99 * budget.limit <= fit.cost <= budget.limit
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 8, 12, 24])
+def test_the_uniform_token_start_is_a_layer_of_the_model(depth):
+    space = SearchSpace("compact", depth=depth)
+    assert 0 <= space.uniform_token_start < depth
+    assert space.propose(space.uniform_point()).token_start == space.uniform_token_start
 
 
 @pytest.mark.parametrize("kind", ["compact", "per_layer"])

@@ -170,7 +170,8 @@ def test_a_single_dimension_point_prunes_that_dimension_alone(base, scores, kind
     assert list(points) == ["heads", "qk", "v", "mlp", "tokens", "depth", "embed"]
     uniform = space.uniform_point()
     changed = {dim: {k for k in point if point[k] != uniform[k]} for dim, point in points.items()}
-    assert changed["tokens"] == {"tokens"} and changed["depth"] == {"drop_attn", "drop_act"}
+    assert changed["tokens"] == {"tokens", "token_start"} and points["tokens"]["token_start"] == 0.0
+    assert changed["depth"] == {"drop_attn", "drop_act"}
     assert changed["mlp"] == ({"mlp"} if kind == "compact" else {"mlp_0", "mlp_1", "mlp_2"})
     # at 60 % of dense MACs the MLP alone reaches the budget: every other dimension stays dense
     limit = 0.6 * macs(Policy.keep_all(base))
