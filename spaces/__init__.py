@@ -1,6 +1,12 @@
 """Policies, search spaces and the cost model. Pure Python: nothing here imports torch."""
 
-from vitprune.spaces.builder import LayerRatios, aligned_width, build_policy, uniform_ratios
+from vitprune.spaces.builder import (
+    LayerRatios,
+    aligned_width,
+    build_policy,
+    default_token_start,
+    uniform_ratios,
+)
 from vitprune.spaces.cost import Cost, LayerCost, cost, macs, params
 from vitprune.spaces.errors import InputError, PolicyError
 from vitprune.spaces.policy import FORMAT, Architecture, LayerPolicy, Policy
@@ -20,6 +26,7 @@ __all__ = [
     "aligned_width",
     "build_policy",
     "cost",
+    "default_token_start",
     "macs",
     "params",
     "uniform_ratios",

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vitprune.spaces.budget import Budget, Fit, Measure, Proposal, project
-from vitprune.spaces.builder import LayerRatios, removed_layers, shape_of
+from vitprune.spaces.builder import LayerRatios, default_token_start, removed_layers, shape_of
 from vitprune.spaces.errors import InputError
 from vitprune.spaces.policy import Architecture
 from vitprune.spaces.scores import Scores
@@ -106,13 +106,8 @@ class SearchSpace:
 
     @property
     def uniform_token_start(self) -> int:
-        """The first layer that drops tokens in the uniform policy: ``⌈L/4⌉`` of ``L`` layers (2 of
-        6, 3 of 12). The class token's attention in the first layers is a weak guide to which
-        tokens matter, so EViT and DynamicViT keep every token there (DeiT-S: pruning from its 4th
-        layer). Measured on the 6-layer embedded ViT, dropping from layer 2 instead of layer 0 is
-        worth 2.0–2.3 test points on Fashion-MNIST at 50 % and 25 % of MACs (BENCHMARKS.md,
-        section 9); on digits it was worth +0.8 at 50 % and −1.9 at 25 % (section 7)."""
-        return min(self.depth - 1, -(-self.depth // 4))
+        """The first layer that drops tokens in the uniform policy (:func:`default_token_start`)."""
+        return default_token_start(self.depth)
 
     def uniform_point(self) -> dict[str, float]:
         """The point of the uniform policy: every keep ratio 1, no slope, tokens dropped from

@@ -6,6 +6,7 @@ import torch
 from vitprune import load_pruned
 from vitprune.cli import main
 from vitprune.spaces import Policy, macs
+from vitprune.spaces.space import SearchSpace
 
 TINY = [
     "deit_tiny_patch16_224",
@@ -130,6 +131,18 @@ def test_a_budget_moves_only_the_dimensions_asked_for(tmp_path, capsys):
         )
         assert layer.keep_tokens == full.keep_tokens and layer.activation
     assert 0.97 * 0.6 * macs(dense) <= macs(policy) <= 0.6 * macs(dense)
+
+
+def test_without_token_start_tokens_drop_from_where_the_search_starts_them(tmp_path, capsys):
+    """No `--token-start`: tokens drop from layer ⌈depth/4⌉, the uniform start of a search (3 of
+    12 layers; it was depth // 3, 4 of 12, a rule of its own)."""
+    deep = [*TINY[: TINY.index("depth=4")], "depth=12", *TINY[TINY.index("depth=4") + 1 :]]
+    code, _, err = run(capsys, "policy", *deep, "--token-keep", "0.8", "-o", tmp_path / "p.json")
+    assert code == 0, err
+    policy = Policy.from_json((tmp_path / "p.json").read_text())
+    kept = [layer.keep_tokens for layer in policy.layers]
+    assert kept[:3] == [16] * 3 and kept[3] < 16, kept
+    assert SearchSpace("compact", depth=12).uniform_token_start == 3
 
 
 def test_a_budget_keeps_the_tokens_before_token_start(tmp_path, capsys):

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="L",
-        help="first layer that prunes tokens (default: depth // 3)",
+        help="first layer that prunes tokens (default: ⌈depth/4⌉, where EViT starts)",
     )
     p.add_argument("--align", type=int, default=8, help="round widths to multiples of this (default: 8)")
     budget = p.add_mutually_exclusive_group()

@@ -76,7 +76,7 @@ def _requested(args: argparse.Namespace) -> frozenset[str]:
 
 def cmd_policy(args: argparse.Namespace) -> None:
     from vitprune.evaluators.dense import load_dense
-    from vitprune.spaces import build_policy, macs, params, uniform_ratios
+    from vitprune.spaces import build_policy, default_token_start, macs, params, uniform_ratios
     from vitprune.spaces.budget import Budget, Proposal, project
     from vitprune.spaces.files import write_text_atomic
 
@@ -89,7 +89,7 @@ def cmd_policy(args: argparse.Namespace) -> None:
     model, base = load_dense(
         args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, model_args=dict(args.model_arg)
     )
-    token_start = base.depth // 3 if args.token_start is None else args.token_start
+    token_start = default_token_start(base.depth) if args.token_start is None else args.token_start
     ratios = uniform_ratios(
         base.depth,
         heads=1.0 if args.keep_heads is None else args.keep_heads,
