@@ -40,15 +40,18 @@ early-stopped trials out of the GP anyway. ``AxSearcher``:
 Resume semantics (a killed driver loses no finished trial and runs none twice): Tune saves its
 trial table and this searcher's state in one experiment checkpoint, at most every few seconds.
 The searcher also writes its whole state to ``searcher.json`` (beside ``experiment.json``) every
-time a trial ends. ``restore`` starts from Tune's checkpoint and, when ``searcher.json`` ran ahead
-of it (the driver died between the two), takes the Ax experiment from ``searcher.json``:
+time it hands a trial to Tune and every time one ends. ``restore`` starts from Tune's checkpoint
+and, when ``searcher.json`` ran ahead of it (the driver died between the two), takes the Ax
+experiment from ``searcher.json``:
 
 - trials that *ended* after the checkpoint keep their outcome. Tune resumes those it had seen
   running; their second result is ignored (``run_trial`` returns the saved result without
   fine-tuning again). Those Tune never saw are simply done;
 - trials *running* at the kill that Tune never saw go back to the front of the queue: the next
-  Tune trials run those same Ax trials, so no Ax trial is left RUNNING for ever;
-- trials created after the last ``searcher.json`` never existed.
+  Tune trials run those same Ax trials (the same points), so no Ax trial is left RUNNING for
+  ever, and one that had finished and saved its model before the kill reports what it saved
+  (``run_trial``) instead of a new point overwriting its folder;
+- trials created but not yet handed out stay in the queue.
 """
 
 from __future__ import annotations
@@ -149,12 +152,13 @@ class AxSearcher(Searcher):
                 self._waiting = True
                 return None
             self._queue.extend(sorted(batch))
-            # The new trials' points, for the dashboard: with synchronous batches no trial may end
-            # for as long as they run, and a running trial's structure is drawn from its point.
-            self._write_snapshot(state=False)
         index = self._queue.pop(0)
         self._live[trial_id] = index
         logger.debug("Tune trial %s runs Ax trial %d", trial_id, index)
+        # Before Tune runs it: a trial that finishes and saves its model before the driver dies
+        # must be the same Ax trial (same point) after a resume, not a new point in its folder.
+        # The dashboard also draws a running trial's structure from its point.
+        self._write_snapshot()
         self._write_progress()
         return self.config(index)
 
@@ -390,8 +394,7 @@ class AxSearcher(Searcher):
 
     def _write_snapshot(self, *, state: bool = True) -> None:
         """Write ``experiment.json`` (plain Ax) and, with ``state``, ``searcher.json`` (this whole
-        state), atomically. ``searcher.json`` marks the trials that ended (see ``restore``), so it
-        is written when one ends, not when trials are created."""
+        state), atomically: when a trial is handed to Tune and when one ends (see ``restore``)."""
         if self.snapshot_path is None:
             return
         try:
@@ -413,19 +416,25 @@ class AxSearcher(Searcher):
 
 
 def _ran_ahead(latest: dict[str, Any], *, of: dict[str, Any]) -> bool:
-    """Whether ``latest`` continues checkpoint ``of``: more trials ended, and the same ones before.
+    """Whether ``latest`` continues checkpoint ``of``: later, and the same trials before.
 
-    Trials end one at a time and ``searcher.json`` is written at each end, so "more ended" means
-    "later". A state from another search (another run directory's file) has other trial ids.
+    ``searcher.json`` is written each time a trial is handed out and each time one ends, and both
+    counts only grow, so (trials ended, trials handed out) ordered in turn says which state is
+    later. A state from another search (another run directory's file) has other trial ids.
     """
     ended, before = latest["ended"], of["ended"]
     return (
         latest.get("version") == of.get("version")
         and latest["max_trials"] == of["max_trials"]
-        and len(ended) > len(before)
+        and _events(latest) > _events(of)
         and all(ended.get(trial_id) == index for trial_id, index in before.items())
         and all(
             ended.get(trial_id, latest["live"].get(trial_id)) == index
             for trial_id, index in of["live"].items()
         )
     )
+
+
+def _events(state: dict[str, Any]) -> tuple[int, int]:
+    """(trials ended, trials handed to Tune) of a saved searcher state: both only grow in a run."""
+    return len(state["ended"]), len(state["ended"]) + len(state["live"])

@@ -169,12 +169,13 @@ def test_snapshot_follows_every_batch_created_and_every_trial_that_ends(tmp_path
     searcher = _searcher(tmp_path, concurrency=2)
     point = searcher.suggest("t0")
     searcher.suggest("t1")
-    # Running trials' points are in the snapshot at once (the dashboard draws their structure);
-    # searcher.json, which marks the trials that ended, waits for one to end.
+    # Running trials' points are in the snapshot at once (the dashboard draws their structure),
+    # and in searcher.json before Tune runs them (a resume runs the same Ax trials again).
     running = json.loads((tmp_path / "experiment.json").read_text())["experiment"]["trials"]
-    assert len(running) == 2 and not (tmp_path / "searcher.json").exists()
+    assert len(running) == 2
+    assert json.loads((tmp_path / "searcher.json").read_text())["live"] == {"t0": 0, "t1": 1}
     searcher.on_trial_complete("t0", _final(point))
-    assert (tmp_path / "searcher.json").exists()
+    assert json.loads((tmp_path / "searcher.json").read_text())["ended"] == {"t0": 0}
     trials = json.loads((tmp_path / "experiment.json").read_text())["experiment"]["trials"]
     assert len(trials) == 2
     searcher.on_trial_complete("t1", error=True)
@@ -238,6 +239,10 @@ def test_restore_keeps_trials_that_ended_after_the_checkpoint(tmp_path):
 
 
 def test_restore_requeues_running_trials_tune_never_saw_and_loses_no_finished_one(tmp_path):
+    """Trials handed to Tune after its last checkpoint run again as the same Ax trials, with the
+    same points. Trial 4 used to exist only from the next trial end on: a driver killed after
+    trial 4 had saved its model, but before it ended, resumed with a new point for index 4, and
+    that trial overwrote the finished one's folder (the slow kill test caught it)."""
     searcher = _searcher(tmp_path, max_trials=6, concurrency=2, initial_trials=6)
     p0, p1 = searcher.suggest("t0"), searcher.suggest("t1")
     searcher.on_trial_complete("t0", _final(p0))
@@ -245,18 +250,21 @@ def test_restore_requeues_running_trials_tune_never_saw_and_loses_no_finished_on
     p2 = searcher.suggest("t2")
     searcher.on_trial_complete("t1", _final(p1))
     p3 = searcher.suggest("t3")
-    searcher.on_trial_complete("t2", _final(p2))  # searcher.json written here; t3 still running
-    searcher.suggest("t4")  # created after the last searcher.json: never existed
+    searcher.on_trial_complete("t2", _final(p2))  # t3 still running
+    p4 = searcher.suggest("t4")  # handed to Tune; it may finish before the driver dies
 
     restored = _restored(tmp_path / "searcher-state.pkl")
-    assert [r.status for r in restored.optimizer.trials()] == ["COMPLETED"] * 3 + ["RUNNING"]
+    # 3 and 4 handed out, 5 created with 4 and queued
+    assert [r.status for r in restored.optimizer.trials()] == ["COMPLETED"] * 3 + ["RUNNING"] * 3
     assert restored.trial_indices == {"t0": 0, "t1": 1, "t2": 2}  # t1 is resumed by Tune
     # Tune resumes t1 (one slot); the other slot gets t3's Ax trial, not a new point.
     assert restored.suggest("t5") == {**p3, TRIAL_KEY: 3}
     assert restored.suggest("t6") is None
     restored.on_trial_complete("t1", _final(p1))
     restored.on_trial_complete("t5", _final(p3))
-    for trial_id in ("t6", "t7"):
+    assert restored.suggest("t6") == {**p4, TRIAL_KEY: 4}  # t4's Ax trial and point again
+    restored.on_trial_complete("t6", _final(p4))
+    for trial_id in ("t7",):
         point = restored.suggest(trial_id)
         restored.on_trial_complete(trial_id, _final(point))
     assert restored.suggest("t8") == Searcher.FINISHED
