@@ -74,7 +74,7 @@ from vitprune.spaces.files import write_text_atomic
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-LATEST_STATE = "searcher.json"  # beside the snapshot: the state as of the last trial that ended
+LATEST_STATE = "searcher.json"  # beside the snapshot: the state as of the last trial handed out or ended
 PROGRESS = "progress.json"  # beside the snapshot: the search's progress, rewritten as trials start and end
 
 
