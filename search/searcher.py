@@ -392,15 +392,14 @@ class AxSearcher(Searcher):
         except OSError as problem:
             logger.error("Could not write %s: %s", PROGRESS, problem)
 
-    def _write_snapshot(self, *, state: bool = True) -> None:
-        """Write ``experiment.json`` (plain Ax) and, with ``state``, ``searcher.json`` (this whole
-        state), atomically: when a trial is handed to Tune and when one ends (see ``restore``)."""
+    def _write_snapshot(self) -> None:
+        """Write ``experiment.json`` (plain Ax) and ``searcher.json`` (this whole state),
+        atomically: when a trial is handed to Tune and when one ends (see ``restore``)."""
         if self.snapshot_path is None:
             return
         try:
             self._optimizer.snapshot(self.snapshot_path)
-            if state:
-                write_text_atomic(self.snapshot_path.with_name(LATEST_STATE), json.dumps(self.get_state()))
+            write_text_atomic(self.snapshot_path.with_name(LATEST_STATE), json.dumps(self.get_state()))
         except (OSError, OptimizerStateError) as problem:  # never stop a search for a snapshot
             logger.error("Could not write the Ax snapshot %s: %s", self.snapshot_path, problem)
 
