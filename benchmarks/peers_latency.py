@@ -105,7 +105,7 @@ def race_latency(
                 budget=Budget("macs", limit),
                 measure=macs,
             )
-            policies["vitprune search (its digits point)"] = fit.policy, policy_record(fit.policy, fit)
+            policies["vitprune search (its point)"] = fit.policy, policy_record(fit.policy, fit)
         for name, (policy, record) in policies.items():
             model = apply_policy(dense, policy)
             counted = recipe.count_macs(model)

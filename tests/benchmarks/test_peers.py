@@ -404,13 +404,13 @@ def test_the_search_contender_is_fine_tuned_from_dense_with_the_trials_recipe(sc
         assert search["runs"][0]["test"]["accuracy"] == search["search"]["trial_model_test"]
         assert search["runs"][0]["search-val"]["accuracy"] == search["search"]["trial_search_val"]
     contenders = {row["contender"] for row in report["latency"]["rows"]}
-    assert "vitprune search (its digits point)" in contenders
+    assert "vitprune search (its point)" in contenders
     # --latency alone times the best points of searches kept from an earlier run.
     later = tmp_path / "latency.json"
     run_main("peers", ["--quick", "--latency", "--search-runs", str(tmp_path / "runs"), "--out", str(later)])
     rows = json.loads(later.read_text())["latency"]["rows"]
     timed = {(row["contender"], row["budget"]) for row in rows}
-    assert {("vitprune search (its digits point)", budget) for budget in BUDGETS.values()} <= timed
+    assert {("vitprune search (its point)", budget) for budget in BUDGETS.values()} <= timed
 
 
 def test_a_negative_test_seed_is_one_line_and_exit_status_2(scripts, capsys):
