@@ -36,12 +36,27 @@ BUDGETS = {"light (search.yaml)": (2, 128, 25), "Ax's default": (20, 1024, 200)}
 
 def trials(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Points `(n, d)`, search-val accuracies `(n, 1)` and their standard errors `(n, 1)`, in trial order."""
-    rows = [row for row in csv.DictReader(path.open()) if row["status"] == "COMPLETED"]
+    with path.open() as file:
+        rows = [row for row in csv.DictReader(file) if row["status"] == "COMPLETED"]
     names = [key for key in rows[0] if key.startswith("point_")]
     points = torch.tensor([[float(row[name]) for name in names] for row in rows], dtype=torch.double)
     accuracy = torch.tensor([[float(row["accuracy"])] for row in rows], dtype=torch.double)
     sem = torch.tensor([[float(row["accuracy_sem"])] for row in rows], dtype=torch.double)
     return points, accuracy, sem
+
+
+def _problem(path: Path, *, first: int) -> str | None:
+    """Why ``path`` cannot be replayed, or ``None``."""
+    if not path.is_file():
+        return "no such file"
+    with path.open() as file:
+        rows = list(csv.DictReader(file))
+    if rows and not {"status", "accuracy", "accuracy_sem"} <= rows[0].keys():
+        return "not a search's trials.csv (no status, accuracy and accuracy_sem columns)"
+    completed = sum(row["status"] == "COMPLETED" for row in rows)
+    if completed <= first:
+        return f"{completed} completed trials; replaying from {first} observed needs more"
+    return None
 
 
 def best_log_ei(
@@ -80,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="optimiser runs per budget (median)")
     args = parser.parse_args(argv)
     for path in args.trials_csv:
-        if not path.is_file():
-            print(f"acquisition_budget: error: {path}: no such file", file=sys.stderr)
+        problem = _problem(path, first=args.first)
+        if problem:
+            print(f"acquisition_budget: error: {path}: {problem}", file=sys.stderr)
             return 2
     torch.set_num_threads(1)
     light, full = BUDGETS

@@ -51,3 +51,10 @@ def test_a_missing_file_is_one_line_and_status_2(script, tmp_path, capsys):
     assert script.main([str(tmp_path / "nope.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.csv" in err[0]
+
+
+def test_too_few_trials_is_one_line_and_status_2(script, tmp_path, capsys):
+    path = _trials_csv(tmp_path / "trials.csv", completed=5)
+    assert script.main([str(path), "--first", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "5 completed trials" in err[0]
