@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import time
@@ -31,12 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peers_latency import random_dense
-from peers_vitprune import UNIFORM, uniform_policy
+from peers_vitprune import UNIFORM, kept_search_point, uniform_policy
 from torch.profiler import profile
 
 from vitprune.evaluators import apply_policy
 from vitprune.evaluators.criteria import get_criterion
-from vitprune.search.spec import SearchSpec
 from vitprune.spaces import Policy, macs
 from vitprune.spaces.budget import Budget
 from vitprune.spaces.space import decode
@@ -100,11 +98,10 @@ def points(search_runs: Path, passes: int) -> list[str]:
     dense_macs = macs(Policy.keep_all(base))
     models: dict[str, torch.nn.Module] = {"dense": dense}
     for budget in (0.5, 0.25):
-        run = search_runs / f"search-{budget * 100:g}pct"
-        if not (run / "best_policy.json").is_file():
+        kept = kept_search_point(search_runs, budget)
+        if kept is None:
             continue
-        point = json.loads((run / "best_policy.json").read_text())["metrics"]["point"]
-        space = SearchSpec.model_validate_json((run / "spec.json").read_text()).space
+        space, point = kept
         limit = Budget("macs", budget * dense_macs)
         fit = decode(
             point, space=space.build(base.depth), base=base, scores=scores, budget=limit, measure=macs

@@ -51,6 +51,7 @@ from peers_setup import QUICK_LATENCY_ARGS, log, quick_spec, report_header, writ
 from peers_tables import goals, markdown
 from peers_vitprune import (
     criteria_scores,
+    kept_search_point,
     policy_record,
     run_search,
     token_schedules,
@@ -304,13 +305,9 @@ def latency(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
             space = spec.space.model_copy(update={"dimensions": found["dimensions"]})
             points[entry["target"]] = (space, found["point"])
     for budget in args.budgets if args.search_runs and not points else []:  # or of an earlier run
-        run_dir = args.search_runs / f"search-{budget * 100:g}pct"
-        if (run_dir / "best_policy.json").exists():
-            best = json.loads((run_dir / "best_policy.json").read_text())
-            points[budget] = (
-                SearchSpec.model_validate_json((run_dir / "spec.json").read_text()).space,
-                best["metrics"]["point"],
-            )
+        kept = kept_search_point(args.search_runs, budget)
+        if kept:
+            points[budget] = kept
     chosen = [
         e["contenders"]["torch-pruning"]["variant"] for e in budgets if "torch-pruning" in e["contenders"]
     ]

@@ -30,7 +30,7 @@ from vitprune.evaluators.dense import cache_root
 from vitprune.evaluators.io import load_pruned
 from vitprune.evaluators.measure import accuracy
 from vitprune.evaluators.trial import TrialContext
-from vitprune.search.spec import SearchSpec
+from vitprune.search.spec import SearchSpec, SpaceSpec
 from vitprune.spaces import Architecture, InputError, Policy, Scores, macs
 from vitprune.spaces.budget import Budget, Fit
 from vitprune.spaces.space import ALL_DIMENSIONS, WIDTHS, SearchSpace, decode
@@ -59,6 +59,17 @@ def criteria_scores(
         data=batches,
         cache_dir=cache_dir or cache_root() / "scores",
     )
+
+
+def kept_search_point(search_runs: Path, budget: float) -> tuple[SpaceSpec, dict[str, float]] | None:
+    """The search space and best point of the search kept as ``search_runs/search-{budget}pct``
+    (``peers.py --search-dir``), or ``None`` when that search did not finish."""
+    run_dir = search_runs / f"search-{budget * 100:g}pct"
+    if not (run_dir / "best_policy.json").is_file():
+        return None
+    best = json.loads((run_dir / "best_policy.json").read_text())
+    space = SearchSpec.model_validate_json((run_dir / "spec.json").read_text()).space
+    return space, best["metrics"]["point"]
 
 
 def uniform_policy(
