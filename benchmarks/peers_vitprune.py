@@ -91,14 +91,9 @@ def uniform_policy(
     """
     space = SearchSpace("compact", depth=base.depth, dimensions=frozenset(dimensions), align=align)
     budget = Budget("macs", budget_macs)
-    point = space.uniform_point()
-    if "token_start" in point and token_start is not None:
-        if not 0 <= token_start < base.depth:
-            raise InputError(
-                f"token_start: must be a layer index in [0, {base.depth - 1}], got {token_start}"
-            )
-        point["token_start"] = token_start / max(1, base.depth - 1)
-    return decode(point, space=space, base=base, scores=scores, budget=budget, measure=macs)
+    return decode(
+        space.uniform_point(token_start), space=space, base=base, scores=scores, budget=budget, measure=macs
+    )
 
 
 def token_schedules(depth: int, dimensions: Sequence[str]) -> dict[str, tuple[tuple[str, ...], int]]:

@@ -16,6 +16,12 @@ blocks, caches) is corrected on whole models: ``measured ≈ β·(fixed + tables
 on a few calibration policies spread from small to dense; held-out policies then measure the
 error. One factor, not an intercept and a slope: fitted on policies of similar size, the pair
 extrapolated badly (DeiT-S, CPU, batch 8: 34 % mean held-out error, against 14 % for the factor).
+
+The dense model is measured in the same interleaved run as the calibration policies, and fitted
+with them: its latency is what a percentage budget is a share of, and the model must agree with it.
+Measured apart, a moment later on a shared machine, the two disagreed by as much as the load moved
+(the tiny test model's dense latency measured 2.3 to 10.7 ms under the same load), and "80 % of
+dense" could lie above the dense model as the model saw it: nothing pruned.
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ class LatencyModel:
     fixed: Table | None = None
     holdout_error: float | None = None  # mean |predicted − measured| / measured on held-out policies
     holdout_max_error: float | None = None
+    dense_ms: float | None = (
+        None  # the dense model, measured with the calibration policies (older models: None)
+    )
 
     def __call__(self, policy: Policy) -> float:
         return self.predict(policy)
@@ -300,8 +309,9 @@ def fit_latency_model(
     on_step: Callable[[int, int], None] | None = None,
     embed: bool = False,
 ) -> LatencyModel:
-    """Measure the op tables, fit the whole-model correction on ``calibration`` policies, and
-    measure the error on ``holdout`` policies (distinct ones). ``on_step(done, total)`` follows the
+    """Measure the op tables, measure the dense model side by side with the ``calibration``
+    policies and fit the whole-model correction on all of them, and measure the error on
+    ``holdout`` policies (distinct ones). ``on_step(done, total)`` follows the
     op measurements. With ``embed`` (the residual width is searched), the tables and the fixed part
     are measured over residual widths too."""
     widths = embed_grid(base.embed_dim, align) if embed else (base.embed_dim,)
@@ -330,12 +340,14 @@ def fit_latency_model(
         embed_axis=len(tables["expand"].axes) == 3,
         fixed=Table((tuple(widths),), tuple(fixed)),
     )
+    anchored = [Policy.keep_all(base), *calibration]
+    measured = measure_policies(
+        anchored, batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, repeats=repeats
+    )
+    model = replace(model, dense_ms=measured[0])
     if len(calibration) >= 2:
-        measured = measure_policies(
-            calibration, batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, repeats=repeats
-        )
         # β minimising the squared *relative* error, the figure held-out policies report.
-        ratios = [model.raw(policy) / ms for policy, ms in zip(calibration, measured, strict=True)]
+        ratios = [model.raw(policy) / ms for policy, ms in zip(anchored, measured, strict=True)]
         model = replace(model, correction=(0.0, sum(ratios) / sum(r * r for r in ratios)))
     if holdout:
         errors = holdout_errors(model, holdout, device=device, dtype=dtype, warmup=warmup, repeats=repeats)

@@ -164,11 +164,8 @@ def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress, monitor: Monit
         dense_cost = cost_function(spec.budget.metric)(dense_policy)
     budget = Budget(spec.budget.metric, spec.budget.limit(dense_cost))
     measure = cost_function(budget.metric, latency_model)
-    if budget.metric == "latency_ms" and budget.limit > dense_cost:
-        raise InputError(
-            f"budget.latency_ms: {budget.limit:.4g} ms is above the dense model's {dense_cost:.4g} ms "
-            "on the trial device; nothing would be pruned"
-        )
+    if latency_model is not None:
+        check_latency_budget(budget, latency_model, dense_policy)
     cheapest = check_budget(space=space, base=base, scores=scores, budget=budget, measure=measure)
     seconds = time.perf_counter() - started
     progress(
@@ -186,6 +183,29 @@ def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress, monitor: Monit
         dense_cost=dense_cost,
         latency_model=latency_model,
     )
+
+
+def check_latency_budget(budget: Budget, model: LatencyModel, dense: Policy) -> None:
+    """Raise :class:`InputError` when ``budget`` prunes nothing: it is above the dense model's
+    latency as measured (with the calibration policies) or as the latency model predicts it. The
+    projection sees only the prediction; under a budget above it, every trial would keep the dense
+    model however the measurement disagreed."""
+    measured, modelled = model.dense_ms, model(dense)
+    if measured is not None and budget.limit > measured:
+        raise InputError(
+            f"budget.latency_ms: {budget.limit:.4g} ms is above the dense model's {measured:.4g} ms "
+            "on the trial device; nothing would be pruned"
+        )
+    if budget.limit > modelled:
+        known = [f"measured {measured:.4g} ms"] if measured is not None else []
+        if model.holdout_error is not None:
+            known.append(f"held-out error {model.holdout_error:.0%}")
+        aside = f" ({'; '.join(known)})" if known else ""
+        raise InputError(
+            f"budget.latency_ms: {budget.limit:.4g} ms is above the dense model's {modelled:.4g} ms as "
+            f"the latency model predicts it{aside}; nothing would be pruned: lower the budget, or fit "
+            "the model on a quieter device"
+        )
 
 
 def _latency_model(
@@ -217,7 +237,7 @@ def _fit_latency_model(
     spec: SearchSpec, base: Architecture, scores: Scores, steps: Any
 ) -> tuple[LatencyModel, float, str]:
     """Runs in the Ray task: fit, check on held-out policies, and measure the dense model."""
-    from vitprune.evaluators.latency_model import fit_latency_model, measure_policies, sample_policies
+    from vitprune.evaluators.latency_model import fit_latency_model, sample_policies
     from vitprune.evaluators.measure import device_name
     from vitprune.evaluators.trial import resolve_device
 
@@ -242,10 +262,8 @@ def _fit_latency_model(
         on_step=lambda done, total: steps.put_nowait((done, total)),
         embed="embed" in space.dimensions,
     )
-    (dense_ms,) = measure_policies(
-        [dense_policy], batch_size=spec.budget.batch_size, device=device, dtype=dtype
-    )
-    return model, dense_ms, device_name(device)
+    assert model.dense_ms is not None  # fit_latency_model measures it with the calibration policies
+    return model, model.dense_ms, device_name(device)
 
 
 def provenance(plan: Plan) -> dict[str, Any]:

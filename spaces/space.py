@@ -109,14 +109,24 @@ class SearchSpace:
         """The first layer that drops tokens in the uniform policy (:func:`default_token_start`)."""
         return default_token_start(self.depth)
 
-    def uniform_point(self) -> dict[str, float]:
+    def uniform_point(self, token_start: int | None = None) -> dict[str, float]:
         """The point of the uniform policy: every keep ratio 1, no slope, tokens dropped from
-        :attr:`uniform_token_start` on, no layer removed. The projection then scales every enabled
-        dimension alike onto the budget (each layer keeps the same share of its heads, dims,
-        neurons, residual channels and, from the token start on, entering tokens): the strong,
-        simple baseline a search starts from."""
+        layer ``token_start`` on (default :attr:`uniform_token_start`), no layer removed. The
+        projection then scales every enabled dimension alike onto the budget (each layer keeps the
+        same share of its heads, dims, neurons, residual channels and, from the token start on,
+        entering tokens): the strong, simple baseline a search starts from.
+
+        Raises:
+            InputError: ``token_start`` is not a layer index of this depth.
+        """
+        if token_start is None:
+            token_start = self.uniform_token_start
+        elif not 0 <= token_start < self.depth:
+            raise InputError(
+                f"token_start: must be a layer index in [0, {self.depth - 1}], got {token_start}"
+            )
         fixed = {
-            "token_start": self.uniform_token_start / max(1, self.depth - 1),
+            "token_start": token_start / max(1, self.depth - 1),
             "drop_attn": 0.0,
             "drop_act": 0.0,
         }

@@ -123,6 +123,7 @@ def test_the_correction_is_one_factor_fitted_on_whole_models_and_held_out_error_
     )
     assert model.fixed_ms == 0.0  # the every-block-removed model, measured
     assert model.correction == pytest.approx((0.0, beta), rel=1e-12)
+    assert model.dense_ms == pytest.approx(beta * truth.raw(Policy.keep_all(base)), rel=1e-12)
     for policy in holdout:
         assert model(policy) == pytest.approx(measured([policy])[0], rel=1e-12)
     assert model.holdout_error == pytest.approx(0.0, abs=1e-12) and model.holdout_max_error is not None
@@ -134,21 +135,47 @@ def test_the_factor_minimises_the_relative_error(monkeypatch):
     truth = LatencyModel(device="cpu", batch_size=2, dtype="float32", fixed_ms=0.0, tables=tables)
     rng = random.Random(3)
     calibration = [random_policy(base, rng) for _ in range(5)]
+    dense = Policy.keep_all(base)
     factors = iter([1.1, 0.9, 1.2, 1.0, 0.8])
-    truths = {id(p): next(factors) * truth.raw(p) for p in calibration}
+    truths = [(p, next(factors) * truth.raw(p)) for p in calibration] + [(dense, 1.5 * truth.raw(dense))]
+
+    def measured(policies, **_):
+        return [next((ms for known, ms in truths if known == p), 0.0) for p in policies]
+
     monkeypatch.setattr(lm, "measure_tables", lambda base, **_: tables)
-    monkeypatch.setattr(
-        lm, "measure_policies", lambda policies, **_: [truths.get(id(p), 0.0) for p in policies]
-    )
+    monkeypatch.setattr(lm, "measure_policies", measured)
     model = fit_latency_model(base, batch_size=2, device=torch.device("cpu"), calibration=calibration)
     assert model.correction[0] == 0.0
 
-    def loss(b):
-        return sum((b * truth.raw(p) - truths[id(p)]) ** 2 / truths[id(p)] ** 2 for p in calibration)
+    def loss(b):  # the dense model is fitted with the calibration policies
+        return sum((b * truth.raw(p) - ms) ** 2 / ms**2 for p, ms in truths)
 
     best = model.correction[1]
     assert loss(best) <= min(loss(best * 0.999), loss(best * 1.001))
     assert 0.8 < best < 1.25
+
+
+def test_the_dense_model_is_measured_in_the_calibration_run(monkeypatch):
+    """A percentage latency budget is a share of the dense latency, and the projection sees the
+    model fitted on the calibration policies: both must come from one interleaved measurement.
+    The plan measured the dense model apart, a moment later; on a loaded machine the two drifted."""
+    _, base = tiny_model("deit")
+    tables = _linear_tables(base)
+    runs = []
+
+    def measured(policies, **_):
+        runs.append(list(policies))
+        return [float(len(runs)) * (1 + i) for i in range(len(policies))]
+
+    monkeypatch.setattr(lm, "measure_tables", lambda base, **_: tables)
+    monkeypatch.setattr(lm, "measure_policies", measured)
+    rng = random.Random(5)
+    calibration = [random_policy(base, rng) for _ in range(3)]
+    model = fit_latency_model(base, batch_size=2, device=torch.device("cpu"), calibration=calibration)
+    (run,) = [run for run in runs if Policy.keep_all(base) in run]
+    assert run[1:] == calibration
+    assert model.dense_ms == float(runs.index(run) + 1)
+    assert LatencyModel.from_json(model.to_json()) == model
 
 
 def test_a_real_fit_on_a_tiny_model_has_full_tables_and_round_trips_through_json():

@@ -276,7 +276,13 @@ def test_a_latency_budget_is_modelled_projected_and_constrained(tmp_path, ray_cl
 
     model = LatencyModel.from_json((tmp_path / "latency_model.json").read_text())
     assert model.holdout_error is not None and model.batch_size == 64
-    limit = json.loads((tmp_path / "plan.json").read_text())["budget"]["limit"]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    limit = plan["budget"]["limit"]
+    # "80 %" of the dense latency measured with the policies the model was fitted on, and under
+    # the dense model as the model predicts it
+    assert plan["dense_cost"] == model.dense_ms and limit == pytest.approx(0.8 * model.dense_ms)
+    _, dense = load_pruned(tmp_path / "dense")
+    assert dense == Policy.keep_all(dense.base) and limit < model(dense)
     constraints = Optimizer.restore(
         tmp_path / "experiment.json"
     )._experiment.optimization_config.outcome_constraints

@@ -243,6 +243,20 @@ def test_the_uniform_token_start_is_a_layer_of_the_model(depth):
     assert space.propose(space.uniform_point()).token_start == space.uniform_token_start
 
 
+@pytest.mark.parametrize("depth", [1, 2, 5, 12])
+def test_the_uniform_point_starts_dropping_tokens_at_the_layer_asked(depth):
+    space = SearchSpace("compact", depth=depth)
+    for start in range(depth):
+        point = space.uniform_point(start)
+        assert space.propose(point).token_start == start
+        assert point == space.uniform_point() | {"token_start": point["token_start"]}
+    for start in (-1, depth):
+        with pytest.raises(
+            InputError, match=rf"token_start: must be a layer index in \[0, {depth - 1}\], got {start}"
+        ):
+            space.uniform_point(start)
+
+
 @pytest.mark.parametrize("kind", ["compact", "per_layer"])
 @pytest.mark.parametrize("model", ["digits", "deit_s"])
 def test_the_layers_before_token_start_keep_every_patch_token(request, model, kind):
