@@ -220,10 +220,15 @@ def _latency_model(
     steps = Queue(actor_options={"num_cpus": 0})
     task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(_fit_latency_model)
     pending = task.remote(spec, base, scores, steps)
-    while not ray.wait([pending], timeout=0.5)[0]:
+
+    def drain() -> None:
         with contextlib.suppress(Empty):
             while True:
                 monitor.advance(*steps.get_nowait())
+
+    while not ray.wait([pending], timeout=0.5)[0]:
+        drain()
+    drain()  # the steps sent after the last wait
     model, dense_ms, device = ray.get(pending)
     steps.shutdown()
     progress(
