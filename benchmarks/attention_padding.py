@@ -30,14 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peers_latency import random_dense
-from peers_vitprune import UNIFORM, kept_search_point, uniform_policy
+from peers_vitprune import UNIFORM, kept_search_point, search_point_policy, uniform_policy
 from torch.profiler import profile
 
 from vitprune.evaluators import apply_policy
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.spaces import Policy, macs
-from vitprune.spaces.budget import Budget
-from vitprune.spaces.space import decode
 
 # (tokens, heads, q/k width, v width) per call; batch 1 and 32
 SHAPES = ((197, 6, 64, 64), (197, 5, 16, 56), (197, 5, 32, 48), (197, 12, 64, 56), (17, 6, 40, 48))
@@ -101,11 +99,7 @@ def points(search_runs: Path, passes: int) -> list[str]:
         kept = kept_search_point(search_runs, budget)
         if kept is None:
             continue
-        space, point = kept
-        limit = Budget("macs", budget * dense_macs)
-        fit = decode(
-            point, space=space.build(base.depth), base=base, scores=scores, budget=limit, measure=macs
-        )
+        fit = search_point_policy(kept, base, scores, budget_macs=budget * dense_macs)
         widths = uniform_policy(
             base, scores, budget_macs=budget * dense_macs, dimensions=UNIFORM["uniform-widths"]
         )

@@ -19,7 +19,7 @@ import gpu_torch_pruning as recipe
 import peers_torch_pruning as tp
 import timm
 import torch
-from peers_vitprune import UNIFORM, policy_record, uniform_policy
+from peers_vitprune import UNIFORM, policy_record, search_point_policy, uniform_policy
 from speedup import families
 from torch import nn
 
@@ -29,8 +29,7 @@ from vitprune.evaluators.describe import create_dense
 from vitprune.evaluators.measure import latency_side_by_side
 from vitprune.search.spec import SpaceSpec
 from vitprune.spaces import InputError, Policy, macs
-from vitprune.spaces.budget import Budget, fit_to_budget
-from vitprune.spaces.space import decode
+from vitprune.spaces.budget import fit_to_budget
 
 JOINT = "joint (all six)"  # benchmarks/speedup.py's joint family
 Log = Callable[[str], None]
@@ -96,15 +95,7 @@ def race_latency(
         except InputError as error:
             models[f"vitprune {JOINT} @ {budget:g}"] = {"budget": budget, "error": str(error)}
         if budget in search_points:
-            space, point = search_points[budget]
-            fit = decode(
-                point,
-                space=space.build(base.depth),
-                base=base,
-                scores=scores,
-                budget=Budget("macs", limit),
-                measure=macs,
-            )
+            fit = search_point_policy(search_points[budget], base, scores, budget_macs=limit)
             policies["vitprune search (its point)"] = fit.policy, policy_record(fit.policy, fit)
         for name, (policy, record) in policies.items():
             model = apply_policy(dense, policy)

@@ -72,6 +72,16 @@ def kept_search_point(search_runs: Path, budget: float) -> tuple[SpaceSpec, dict
     return space, best["metrics"]["point"]
 
 
+def search_point_policy(
+    kept: tuple[SpaceSpec, dict[str, float]], base: Architecture, scores: Scores, *, budget_macs: float
+) -> Fit:
+    """A kept search's space and best point (:func:`kept_search_point`) decoded onto ``base`` at
+    ``budget_macs``: the kind of policy the search chose, built on another model."""
+    space, point = kept
+    budget = Budget("macs", budget_macs)
+    return decode(point, space=space.build(base.depth), base=base, scores=scores, budget=budget, measure=macs)
+
+
 def uniform_policy(
     base: Architecture,
     scores: Scores,

@@ -426,5 +426,6 @@ def decode_point(run: RunDir, point: dict[str, float]) -> Policy:
 
 def _selects(spec: dict[str, Any], pareto: bool) -> bool:
     """Whether the search ends with a selection phase (``search.selection``: finalists fine-tuned again)."""
-    selection = spec.get("selection") or {}
-    return not pareto and selection.get("finalists", 1) > 1 and selection.get("seeds", 0) > 0
+    from vitprune.search.spec import SelectionSpec
+
+    return not pareto and SelectionSpec.model_validate(spec.get("selection") or {}).on

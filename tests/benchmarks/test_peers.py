@@ -249,6 +249,8 @@ def test_prune_to_macs_says_when_no_ratio_fits(scripts):
 def tiny_vit():
     import timm
 
+    from vitprune.evaluators import models  # noqa: F401  (registers the digits ViT: alone, nothing else had)
+
     torch.manual_seed(0)
     return timm.create_model("vitprune_digits_vit", embed_dim=32, depth=2, num_heads=2).eval()
 
@@ -299,6 +301,32 @@ def test_uniform_policy_lands_on_the_budget_and_moves_only_its_dimensions(script
         assert summary["heads"] < base.depth * base.num_heads and summary["mlp_ratio"] < 1
     with pytest.raises(Exception, match="unknown 'width'"):
         uniform_policy(base, scores, budget_macs=0.25 * dense, dimensions=["width"])
+
+
+def test_a_kept_search_point_decodes_onto_another_model_as_the_search_decoded_it(scripts, tiny_vit, tmp_path):
+    """``peers.py --latency`` and ``attention_padding.py`` decode a kept search's best point onto
+    DeiT-S: the point and space read back from the run directory, projected on the new model."""
+    from peers_vitprune import kept_search_point, search_point_policy, uniform_policy
+
+    from vitprune.evaluators import describe
+    from vitprune.evaluators.criteria import get_criterion
+    from vitprune.search.spec import SpaceSpec
+
+    base = describe(
+        tiny_vit, name="vitprune_digits_vit", model_args={"embed_dim": 32, "depth": 2, "num_heads": 2}
+    )
+    scores = get_criterion("magnitude")(tiny_vit, base=base)
+    dense = macs(Policy.keep_all(base))
+    space = SpaceSpec(dimensions=list(WIDTHS))
+    run = tmp_path / "search-25pct"
+    run.mkdir()
+    (run / "spec.json").write_text(json.dumps({"name": "kept", "space": space.model_dump(mode="json")}))
+    (run / "best_policy.json").write_text(json.dumps({"metrics": {"point": space.build(2).uniform_point()}}))
+    assert kept_search_point(tmp_path, 0.5) is None  # that search did not finish
+    kept = kept_search_point(tmp_path, 0.25)
+    fit = search_point_policy(kept, base, scores, budget_macs=0.25 * dense)
+    uniform = uniform_policy(base, scores, budget_macs=0.25 * dense, dimensions=WIDTHS)
+    assert fit.policy == uniform.policy and fit.cost == macs(fit.policy) <= 0.25 * dense
 
 
 # -- the objective study ------------------------------------------------------------------------
