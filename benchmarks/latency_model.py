@@ -5,8 +5,13 @@ measurements of held-out policies decoded from random points at several budgets.
     python benchmarks/latency_model.py                                   # digits ViT and DeiT-S, CPU
     python benchmarks/latency_model.py --device cuda --dtype bfloat16 --batch-size 64
 
-Prints a Markdown table: mean and max relative error on the held-out policies, the noise floor
-(the same policies measured twice: how far apart two measurements are), and the fit time.
+Prints a Markdown table. Calibration and held-out policies are measured together, twice, with the
+dense model; on the first measurement the whole-model factor is fitted three ways (on the
+calibration policies and the dense model, as a search fits it since 2026-11-29; on the
+calibration policies alone, as before; on the dense model alone) and each is scored on the
+held-out policies: mean and max relative error. Then the dense model as the search's factor
+predicts it, over its measurement (a percentage budget is a share of the dense latency); the
+noise floor (the held-out policies' two measurements: how far apart they are); and the time.
 Threads default to 1, as in a search trial with ``resources.cpu: 1``.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
+import sys
 import time
 
 import timm
@@ -24,8 +30,8 @@ from vitprune.evaluators import describe
 from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.latency_model import (
     fit_latency_model,
-    holdout_errors,
     measure_policies,
+    relative_factor,
     sample_policies,
 )
 from vitprune.evaluators.measure import device_name
@@ -46,7 +52,7 @@ def policies(base, scores, space, *, seed: int, count: int) -> list[Policy]:
     return sample_policies(build, space.parameters(), count, seed)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["vitprune_digits_vit", "deit_small_patch16_224"])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -56,7 +62,8 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (a trial uses its CPU allocation)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes per end-to-end measurement")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
@@ -64,8 +71,11 @@ def main() -> None:
         f"# {device_name(device)}, {args.dtype}, batch {args.batch_size}, torch {torch.__version__}, "
         f"{datetime.date.today()}"
     )
-    print("| model | held-out policies | mean error | max error | noise floor (mean) | fit + check s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | held-out policies | mean (max) error: factor from calibration + dense "
+        "| calibration alone | dense alone | dense: predicted ÷ measured | noise floor (mean) | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         dense = timm.create_model(name, pretrained=False).eval()
         base = describe(dense, name=name)
@@ -73,22 +83,39 @@ def main() -> None:
         space = SearchSpace("compact", depth=base.depth)
         started = time.perf_counter()
         calibration = policies(base, scores, space, seed=1, count=6)
-        model = fit_latency_model(
-            base, batch_size=args.batch_size, device=device, dtype=dtype, calibration=calibration
-        )
+        model = fit_latency_model(base, batch_size=args.batch_size, device=device, dtype=dtype)
+        dense_policy = Policy.keep_all(base)
         held_out = policies(base, scores, space, seed=2, count=args.holdout)
-        errors = holdout_errors(model, held_out, device=device, dtype=dtype, repeats=10)
-        first = measure_policies(held_out, batch_size=args.batch_size, device=device, dtype=dtype, repeats=10)
-        second = measure_policies(
-            held_out, batch_size=args.batch_size, device=device, dtype=dtype, repeats=10
+        together = [dense_policy, *calibration, *held_out]
+        first, second = (
+            measure_policies(
+                together, batch_size=args.batch_size, device=device, dtype=dtype, repeats=args.repeats
+            )
+            for _ in range(2)
         )
-        noise = statistics.mean(abs(a - b) / b for a, b in zip(first, second, strict=True))
+        dense_ms, measured_cal = first[0], first[1 : 1 + len(calibration)]
+        measured_held, again = first[1 + len(calibration) :], second[1 + len(calibration) :]
+        factors = {
+            "both": relative_factor(model, [dense_policy, *calibration], [dense_ms, *measured_cal]),
+            "calibration": relative_factor(model, calibration, measured_cal),
+            "dense": relative_factor(model, [dense_policy], [dense_ms]),
+        }
+        cells = []
+        for beta in factors.values():
+            errors = [
+                abs(beta * model.raw(policy) - ms) / ms
+                for policy, ms in zip(held_out, measured_held, strict=True)
+            ]
+            cells.append(f"{statistics.mean(errors):.1%} ({max(errors):.0%})")
+        noise = statistics.mean(abs(a - b) / b for a, b in zip(measured_held, again, strict=True))
         print(
-            f"| {name} | {len(held_out)} | {statistics.mean(errors):.1%} | {max(errors):.1%} | {noise:.1%} | "
-            f"{time.perf_counter() - started:.0f} |",
+            f"| {name} | {len(held_out)} | {' | '.join(cells)} "
+            f"| {factors['both'] * model.raw(dense_policy) / dense_ms:.2f} | {noise:.1%} "
+            f"| {time.perf_counter() - started:.0f} |",
             flush=True,
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

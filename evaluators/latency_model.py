@@ -346,9 +346,7 @@ def fit_latency_model(
     )
     model = replace(model, dense_ms=measured[0])
     if len(calibration) >= 2:
-        # β minimising the squared *relative* error, the figure held-out policies report.
-        ratios = [model.raw(policy) / ms for policy, ms in zip(anchored, measured, strict=True)]
-        model = replace(model, correction=(0.0, sum(ratios) / sum(r * r for r in ratios)))
+        model = replace(model, correction=(0.0, relative_factor(model, anchored, measured)))
     if holdout:
         errors = holdout_errors(model, holdout, device=device, dtype=dtype, warmup=warmup, repeats=repeats)
         model = replace(model, holdout_error=statistics.mean(errors), holdout_max_error=max(errors))
@@ -357,6 +355,13 @@ def fit_latency_model(
                 f"latency model: held-out error mean {statistics.mean(errors):.1%}, max {max(errors):.1%}"
             )
     return model
+
+
+def relative_factor(model: LatencyModel, policies: Sequence[Policy], measured: Sequence[float]) -> float:
+    """The factor ``β`` minimising ``Σ (β·raw − measured)² / measured²`` over ``policies``: the
+    squared *relative* error, the figure held-out policies report."""
+    ratios = [model.raw(policy) / ms for policy, ms in zip(policies, measured, strict=True)]
+    return sum(ratios) / sum(r * r for r in ratios)
 
 
 def holdout_errors(
