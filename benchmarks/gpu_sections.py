@@ -258,6 +258,8 @@ def latency_model(lab: Lab, out: dict[str, Any]) -> None:
                 "goal": 0.10,
                 "goal_met": mean_error <= 0.10,
                 "factor": model.correction[1],
+                "exponent": model.exponent,
+                "dense_ms": model.dense_ms,
                 "fixed_ms": model.fixed_ms,
                 "held_out": [
                     {

@@ -6,13 +6,14 @@ measurements of held-out policies decoded from random points at several budgets.
     python benchmarks/latency_model.py --device cuda --dtype bfloat16 --batch-size 64
 
 Prints a Markdown table. Calibration and held-out policies are measured together, twice, with the
-dense model; on the first measurement the whole-model factor is fitted three ways (on the
-calibration policies and the dense model, as a search fits it since 2026-11-29; on the
-calibration policies alone, as before; on the dense model alone) and each is scored on the
-held-out policies: mean and max relative error. Then the dense model as the search's factor
-predicts it, over its measurement (a percentage budget is a share of the dense latency); the
-noise floor (the held-out policies' two measurements: how far apart they are); and the time.
-Threads default to 1, as in a search trial with ``resources.cpu: 1``.
+dense model. On the first measurement the whole-model correction is fitted four ways, each scored
+on the held-out policies (mean and max relative error): the power law ``β·raw^γ`` on the
+calibration policies and the dense model (what a search fits since 2026-11-29); one factor on the
+same; one factor on the calibration policies alone (before); one factor on the dense model alone.
+Then the dense model as the power law and the first factor predict it, over its measurement (a
+percentage budget is a share of the dense latency); the noise floor (the held-out policies' two
+measurements: how far apart they are); and the time. Threads default to 1, as in a search trial
+with ``resources.cpu: 1``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import datetime
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import timm
 import torch
@@ -31,6 +33,7 @@ from vitprune.evaluators.criteria import get_criterion
 from vitprune.evaluators.latency_model import (
     fit_latency_model,
     measure_policies,
+    power_law,
     relative_factor,
     sample_policies,
 )
@@ -72,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{datetime.date.today()}"
     )
     print(
-        "| model | held-out policies | mean (max) error: factor from calibration + dense "
-        "| calibration alone | dense alone | dense: predicted ÷ measured | noise floor (mean) | s |"
+        "| model | held-out policies | mean (max) error: power law, calibration + dense "
+        "| factor, calibration + dense | factor, calibration alone | factor, dense alone "
+        "| dense: predicted ÷ measured (power law, factor) | noise floor (mean) | s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         dense = timm.create_model(name, pretrained=False).eval()
         base = describe(dense, name=name)
@@ -95,22 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         dense_ms, measured_cal = first[0], first[1 : 1 + len(calibration)]
         measured_held, again = first[1 + len(calibration) :], second[1 + len(calibration) :]
-        factors = {
-            "both": relative_factor(model, [dense_policy, *calibration], [dense_ms, *measured_cal]),
-            "calibration": relative_factor(model, calibration, measured_cal),
-            "dense": relative_factor(model, [dense_policy], [dense_ms]),
-        }
+        both = [dense_policy, *calibration], [dense_ms, *measured_cal]
+        beta, gamma = power_law(model, *both)
+        fits = [
+            replace(model, correction=(0.0, beta), exponent=gamma),
+            replace(model, correction=(0.0, relative_factor(model, *both))),
+            replace(model, correction=(0.0, relative_factor(model, calibration, measured_cal))),
+            replace(model, correction=(0.0, relative_factor(model, [dense_policy], [dense_ms]))),
+        ]
         cells = []
-        for beta in factors.values():
-            errors = [
-                abs(beta * model.raw(policy) - ms) / ms
-                for policy, ms in zip(held_out, measured_held, strict=True)
-            ]
+        for fit in fits:
+            errors = [abs(fit(p) - ms) / ms for p, ms in zip(held_out, measured_held, strict=True)]
             cells.append(f"{statistics.mean(errors):.1%} ({max(errors):.0%})")
         noise = statistics.mean(abs(a - b) / b for a, b in zip(measured_held, again, strict=True))
+        dense_cell = f"{fits[0](dense_policy) / dense_ms:.2f}, {fits[1](dense_policy) / dense_ms:.2f}"
         print(
-            f"| {name} | {len(held_out)} | {' | '.join(cells)} "
-            f"| {factors['both'] * model.raw(dense_policy) / dense_ms:.2f} | {noise:.1%} "
+            f"| {name} | {len(held_out)} | {' | '.join(cells)} | {dense_cell} | {noise:.1%} "
             f"| {time.perf_counter() - started:.0f} |",
             flush=True,
         )

@@ -12,22 +12,26 @@ token counts, interpolated multilinearly between grid points:
 
 A policy's latency is the fixed part (patch embedding, final norm, classifier: measured on the
 model with every block removed) plus its ops. What tables miss (residual adds, dispatch between
-blocks, caches) is corrected on whole models: ``measured ≈ β·(fixed + tables)``, one factor fitted
-on a few calibration policies spread from small to dense; held-out policies then measure the
-error. One factor, not an intercept and a slope: fitted on policies of similar size, the pair
-extrapolated badly (DeiT-S, CPU, batch 8: 34 % mean held-out error, against 14 % for the factor).
+blocks, caches, memory traffic that grows with the model) is corrected on whole models by a power
+law, ``measured ≈ β·(fixed + tables)^γ``, fitted by least squares on logarithms (relative errors)
+over a few calibration policies spread from small to dense *and the dense model*, measured in one
+interleaved run; held-out policies then measure the error. Not an intercept and a slope: fitted on
+policies of similar size, the pair extrapolated badly (DeiT-S, CPU, batch 8: 34 % mean held-out
+error). One factor (``γ = 1``) put the dense DeiT-S at 80 % of its measured latency at batch 8,
+as the tables miss more of a larger model: a "90 %" budget lay above the dense model as the model
+saw it (BENCHMARKS.md, section 4).
 
-The dense model is measured in the same interleaved run as the calibration policies, and fitted
-with them: its latency is what a percentage budget is a share of, and the model must agree with it.
-Measured apart, a moment later on a shared machine, the two disagreed by as much as the load moved
-(the tiny test model's dense latency measured 2.3 to 10.7 ms under the same load), and "80 % of
-dense" could lie above the dense model as the model saw it: nothing pruned.
+The dense model is measured with the calibration policies, not apart: its latency is what a
+percentage budget is a share of, and the model must agree with it. Measured a moment later on a
+shared machine, the two disagreed by as much as the load moved (the tiny test model's dense
+latency measured 2.3 to 10.7 ms under the same load).
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import math
 import random
 import statistics
 import time
@@ -85,7 +89,7 @@ class LatencyModel:
     dtype: str
     fixed_ms: float
     tables: dict[str, Table]
-    correction: tuple[float, float] = (0.0, 1.0)  # measured ≈ α + β·raw; fit_latency_model fits β
+    correction: tuple[float, float] = (0.0, 1.0)  # measured ≈ α + β·raw^γ; fit_latency_model fits β
     # Tables measured over residual widths too (``expand(n, d, w)``, ``reduce(n, w, d)``,
     # ``norm(n, d)``, ``select(n, d)``, ``fixed(d)``), when the residual width is searched; models
     # saved before that have the two-axis tables of the dense width.
@@ -93,16 +97,16 @@ class LatencyModel:
     fixed: Table | None = None
     holdout_error: float | None = None  # mean |predicted − measured| / measured on held-out policies
     holdout_max_error: float | None = None
-    dense_ms: float | None = (
-        None  # the dense model, measured with the calibration policies (older models: None)
-    )
+    # The dense model, measured with the calibration policies (models saved before: None).
+    dense_ms: float | None = None
+    exponent: float = 1.0  # γ of the correction, fitted with β (models saved before it: 1)
 
     def __call__(self, policy: Policy) -> float:
         return self.predict(policy)
 
     def predict(self, policy: Policy) -> float:
         alpha, beta = self.correction
-        return alpha + beta * self.raw(policy)
+        return alpha + beta * self.raw(policy) ** self.exponent
 
     def raw(self, policy: Policy | Shape) -> float:
         """The fixed part plus the interpolated op latencies, before the whole-model correction."""
@@ -310,7 +314,7 @@ def fit_latency_model(
     embed: bool = False,
 ) -> LatencyModel:
     """Measure the op tables, measure the dense model side by side with the ``calibration``
-    policies and fit the whole-model correction on all of them, and measure the error on
+    policies and fit the whole-model power law on all of them, and measure the error on
     ``holdout`` policies (distinct ones). ``on_step(done, total)`` follows the
     op measurements. With ``embed`` (the residual width is searched), the tables and the fixed part
     are measured over residual widths too."""
@@ -346,7 +350,8 @@ def fit_latency_model(
     )
     model = replace(model, dense_ms=measured[0])
     if len(calibration) >= 2:
-        model = replace(model, correction=(0.0, relative_factor(model, anchored, measured)))
+        beta, gamma = power_law(model, anchored, measured)
+        model = replace(model, correction=(0.0, beta), exponent=gamma)
     if holdout:
         errors = holdout_errors(model, holdout, device=device, dtype=dtype, warmup=warmup, repeats=repeats)
         model = replace(model, holdout_error=statistics.mean(errors), holdout_max_error=max(errors))
@@ -355,6 +360,22 @@ def fit_latency_model(
                 f"latency model: held-out error mean {statistics.mean(errors):.1%}, max {max(errors):.1%}"
             )
     return model
+
+
+def power_law(
+    model: LatencyModel, policies: Sequence[Policy], measured: Sequence[float]
+) -> tuple[float, float]:
+    """``(β, γ)`` of ``measured ≈ β·raw^γ`` over ``policies``: least squares on ``log measured =
+    log β + γ·log raw``, so each policy's *relative* error counts alike. One factor (``γ = 1``)
+    when the policies do not differ in raw latency."""
+    xs = [math.log(model.raw(policy)) for policy in policies]
+    ys = [math.log(ms) for ms in measured]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread < 1e-12:
+        return relative_factor(model, policies, measured), 1.0
+    gamma = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    return math.exp(mean_y - gamma * mean_x), gamma
 
 
 def relative_factor(model: LatencyModel, policies: Sequence[Policy], measured: Sequence[float]) -> float:

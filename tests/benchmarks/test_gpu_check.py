@@ -159,7 +159,7 @@ def test_latency_model_is_checked_on_twelve_held_out_policies(run):
     doc, _, _ = run
     (row,) = doc["sections"]["latency_model"]["rows"]
     assert len(row["held_out"]) == 12
-    assert row["fit_s"] > 0 and row["factor"] > 0
+    assert row["fit_s"] > 0 and row["factor"] > 0 and row["exponent"] > 0 and row["dense_ms"] > 0
     assert row["mean_error"] == pytest.approx(
         sum(abs(p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"] for p in row["held_out"]) / 12
     )

@@ -1,6 +1,7 @@
 """The latency model's arithmetic: interpolation, op accounting, the whole-model correction,
 serialisation. Timings are never asserted; measurements are replaced by known functions."""
 
+import json
 import math
 import random
 
@@ -104,14 +105,16 @@ def test_a_model_with_every_block_removed_costs_the_fixed_part():
     assert model.raw(empty) == 0.25 and model(empty) == 1 + 3 * 0.25
 
 
-def test_the_correction_is_one_factor_fitted_on_whole_models_and_held_out_error_is_reported(monkeypatch):
+def test_the_correction_is_a_power_law_fitted_on_whole_models_and_held_out_error_is_reported(monkeypatch):
+    """What the tables miss grows with the model: measured = 1.3·raw^1.2 here. One factor left the
+    dense DeiT-S 16-25 % under its measured latency at batch 8; the power law recovers both."""
     _, base = tiny_model("deit")
     tables = _linear_tables(base)
     truth = LatencyModel(device="cpu", batch_size=2, dtype="float32", fixed_ms=0.0, tables=tables)
-    beta = 1.3
+    beta, gamma = 1.3, 1.2
 
-    def measured(policies, **_):  # what the tables miss: 30 % on every op
-        return [beta * truth.raw(policy) for policy in policies]
+    def measured(policies, **_):
+        return [beta * truth.raw(policy) ** gamma for policy in policies]
 
     monkeypatch.setattr(lm, "measure_tables", lambda base, **_: tables)
     monkeypatch.setattr(lm, "measure_policies", measured)
@@ -122,14 +125,33 @@ def test_the_correction_is_one_factor_fitted_on_whole_models_and_held_out_error_
         base, batch_size=2, device=torch.device("cpu"), calibration=calibration, holdout=holdout
     )
     assert model.fixed_ms == 0.0  # the every-block-removed model, measured
-    assert model.correction == pytest.approx((0.0, beta), rel=1e-12)
-    assert model.dense_ms == pytest.approx(beta * truth.raw(Policy.keep_all(base)), rel=1e-12)
-    for policy in holdout:
-        assert model(policy) == pytest.approx(measured([policy])[0], rel=1e-12)
-    assert model.holdout_error == pytest.approx(0.0, abs=1e-12) and model.holdout_max_error is not None
+    assert model.correction == pytest.approx((0.0, beta), rel=1e-9)
+    assert model.exponent == pytest.approx(gamma, rel=1e-9)
+    assert model.dense_ms == pytest.approx(measured([Policy.keep_all(base)])[0], rel=1e-12)
+    for policy in [*holdout, Policy.keep_all(base)]:
+        assert model(policy) == pytest.approx(measured([policy])[0], rel=1e-9)
+    assert model.holdout_error == pytest.approx(0.0, abs=1e-9) and model.holdout_max_error is not None
+    assert LatencyModel.from_json(model.to_json()) == model
 
 
-def test_the_factor_minimises_the_relative_error(monkeypatch):
+def test_a_model_saved_before_the_exponent_predicts_with_one_factor():
+    _, base = tiny_model("deit")
+    model = LatencyModel(
+        device="cpu",
+        batch_size=2,
+        dtype="float32",
+        fixed_ms=0.0,
+        tables=_linear_tables(base),
+        correction=(0, 2),
+    )
+    document = json.loads(model.to_json())
+    del document["exponent"], document["dense_ms"]
+    old = LatencyModel.from_json(json.dumps(document))
+    policy = random_policy(base, random.Random(9))
+    assert old.exponent == 1.0 and old.dense_ms is None and old(policy) == 2 * model.raw(policy)
+
+
+def test_the_power_law_minimises_the_squared_log_error(monkeypatch):
     _, base = tiny_model("deit")
     tables = _linear_tables(base)
     truth = LatencyModel(device="cpu", batch_size=2, dtype="float32", fixed_ms=0.0, tables=tables)
@@ -147,12 +169,12 @@ def test_the_factor_minimises_the_relative_error(monkeypatch):
     model = fit_latency_model(base, batch_size=2, device=torch.device("cpu"), calibration=calibration)
     assert model.correction[0] == 0.0
 
-    def loss(b):  # the dense model is fitted with the calibration policies
-        return sum((b * truth.raw(p) - ms) ** 2 / ms**2 for p, ms in truths)
+    def loss(b, g):  # the dense model is fitted with the calibration policies
+        return sum((math.log(b * truth.raw(p) ** g) - math.log(ms)) ** 2 for p, ms in truths)
 
-    best = model.correction[1]
-    assert loss(best) <= min(loss(best * 0.999), loss(best * 1.001))
-    assert 0.8 < best < 1.25
+    b, g = model.correction[1], model.exponent
+    assert loss(b, g) <= min(loss(b * 0.999, g), loss(b * 1.001, g), loss(b, g - 1e-4), loss(b, g + 1e-4))
+    assert g != 1.0
 
 
 def test_the_dense_model_is_measured_in_the_calibration_run(monkeypatch):
