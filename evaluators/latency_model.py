@@ -367,14 +367,15 @@ def power_law(
 ) -> tuple[float, float]:
     """``(β, γ)`` of ``measured ≈ β·raw^γ`` over ``policies``: least squares on ``log measured =
     log β + γ·log raw``, so each policy's *relative* error counts alike. One factor (``γ = 1``)
-    when the policies do not differ in raw latency."""
+    when the policies do not differ in raw latency, or when larger ones measured faster (``γ ≤ 0``:
+    a model the projection could not use, since a cheaper policy must cost less)."""
     xs = [math.log(model.raw(policy)) for policy in policies]
     ys = [math.log(ms) for ms in measured]
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
     spread = sum((x - mean_x) ** 2 for x in xs)
-    if spread < 1e-12:
+    gamma = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / max(spread, 1e-300)
+    if spread < 1e-12 or gamma <= 0:
         return relative_factor(model, policies, measured), 1.0
-    gamma = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
     return math.exp(mean_y - gamma * mean_x), gamma
 
 

@@ -177,6 +177,19 @@ def test_the_power_law_minimises_the_squared_log_error(monkeypatch):
     assert g != 1.0
 
 
+def test_a_power_law_that_would_make_larger_models_faster_falls_back_to_one_factor():
+    _, base = tiny_model("deit")
+    model = LatencyModel(
+        device="cpu", batch_size=2, dtype="float32", fixed_ms=0.0, tables=_linear_tables(base)
+    )
+    rng = random.Random(11)
+    policies = sorted((random_policy(base, rng) for _ in range(4)), key=model.raw)
+    inverted = [1.0 / model.raw(policy) for policy in policies]  # the largest measured fastest
+    assert lm.power_law(model, policies, inverted) == (lm.relative_factor(model, policies, inverted), 1.0)
+    same = [policies[0]] * 3
+    assert lm.power_law(model, same, [2.0, 2.0, 2.0])[1] == 1.0
+
+
 def test_the_dense_model_is_measured_in_the_calibration_run(monkeypatch):
     """A percentage latency budget is a share of the dense latency, and the projection sees the
     model fitted on the calibration policies: both must come from one interleaved measurement.
