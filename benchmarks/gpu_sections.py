@@ -217,8 +217,9 @@ def latency_model(lab: Lab, out: dict[str, Any]) -> None:
     """The latency model fitted as a latency-budget search fits it, checked on held-out policies."""
     settings = lab.settings
     out["setup"] = (
-        "search/run.py's fit: op tables on the aligned grid plus one whole-model factor fitted on 6 "
-        "calibration policies (seed 1), decoded from random points of the compact space over 25–85 % "
+        "the search's fit (search/plan.py): op tables on the aligned grid plus a whole-model power "
+        "law fitted on the dense model and 6 calibration policies (seed 1), measured in one run and "
+        "decoded from random points of the compact space over 25–85 % "
         f"of dense MACs; {settings.holdout} held-out policies (seed 2) measured end to end twice "
         "(noise floor: how far the two measurements differ). Goal: mean held-out error ≤ 10 %."
     )
