@@ -107,6 +107,7 @@ def evaluate_policy(
     *,
     finetune_config: FinetuneConfig,
     latency_config: LatencyConfig | None = None,
+    latency_reference_ms: float | None = None,
     device: str = "auto",
     test: bool = False,
     on_epoch: OnEpoch | None = None,
@@ -120,6 +121,7 @@ def evaluate_policy(
         teacher=context.dense,
         finetune_config=finetune_config,
         latency_config=latency_config,
+        latency_reference_ms=latency_reference_ms,
         splits=("search-val", "test") if test else ("search-val",),
         device=device,
         on_epoch=on_epoch,
@@ -134,6 +136,7 @@ def evaluate(
     teacher: nn.Module | None = None,
     finetune_config: FinetuneConfig | None = None,
     latency_config: LatencyConfig | None = None,
+    latency_reference_ms: float | None = None,
     splits: Sequence[str] = ("search-val",),
     compare_dense: bool = False,
     device: str = "auto",
@@ -149,6 +152,10 @@ def evaluate(
         teacher: the dense model: the distillation teacher, and what ``compare_dense`` measures.
         finetune_config: the fine-tune (``None``: measure as it is).
         latency_config: how to measure latency (``None``: not measured).
+        latency_reference_ms: the dense latency a latency budget was set from. The model is then
+            timed side by side with ``teacher``, and ``latency_ms`` is its ratio to the teacher
+            times this: a trial timed while other trials train reads slower, and the dense model
+            beside it reads slower alike (``latency_measured_ms`` is the time as read).
         splits: where to measure accuracy; the first one is ``accuracy`` / ``top5``.
         compare_dense: also measure ``teacher`` on the same splits, and its latency side by side.
         device: training device (``"auto"``: CUDA when available).
@@ -161,10 +168,13 @@ def evaluate(
         ``zero_shot_accuracy``, ``finetune_seconds``, ``finetune_epochs``, ``stopped_early``; when
         latency is measured ``latency_ms`` (+ ``latency_min_ms``, ``latency_max_ms``,
         ``latency_seconds``); with ``compare_dense`` ``dense_<split>_accuracy``,
-        ``dense_latency_ms`` and ``latency_ratio``.
+        ``dense_latency_ms`` and ``latency_ratio``; with ``latency_reference_ms`` the last two and
+        ``latency_measured_ms``.
     """
     if compare_dense and teacher is None:
         raise ValueError("compare_dense: needs the dense model as teacher")
+    if latency_reference_ms is not None and teacher is None:
+        raise ValueError("latency_reference_ms: needs the dense model as teacher, to time beside it")
     train_device = resolve_device(device)
     model = model.to(train_device)
     report: dict[str, Any] = {}
@@ -196,7 +206,8 @@ def evaluate(
     }
     if latency_config is not None:
         started = time.perf_counter()
-        models = {"pruned": model, **({"dense": teacher} if compare_dense else {})}
+        beside = compare_dense or latency_reference_ms is not None
+        models = {"pruned": model, **({"dense": teacher} if beside else {})}
         times = latency_side_by_side(
             models,
             batch_size=latency_config.batch_size,
@@ -212,7 +223,10 @@ def evaluate(
             "latency_max_ms": pruned.max_ms,
             "latency_seconds": time.perf_counter() - started,
         }
-        if compare_dense:
+        if beside:
             report["dense_latency_ms"] = times["dense"].median_ms
             report["latency_ratio"] = pruned.median_ms / times["dense"].median_ms
+        if latency_reference_ms is not None:
+            report["latency_measured_ms"] = pruned.median_ms
+            report["latency_ms"] = report["latency_ratio"] * latency_reference_ms
     return TrialResult(metrics=report, model=model)

@@ -126,6 +126,9 @@ def _run_trial(config: dict[str, Any], plan: Plan, index: int) -> None:
         context,
         finetune_config=spec.finetune,
         latency_config=spec.budget.latency,
+        # timed beside the dense model: concurrent trials slowed each other's timing by 6 % on
+        # average, up to a third (BENCHMARKS.md, section 4)
+        latency_reference_ms=plan.dense_cost if plan.budget.metric == "latency_ms" else None,
         device=spec.budget.device,
         on_epoch=on_epoch,
     )

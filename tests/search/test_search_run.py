@@ -327,6 +327,11 @@ def test_a_latency_budget_is_modelled_projected_and_constrained(tmp_path, ray_cl
         _, policy = load_pruned(tmp_path / "trials" / f"{int(row['trial']):04d}")
         assert saved["budget_cost"] == pytest.approx(model(policy))  # projected with the latency model
         assert saved["budget_cost"] <= limit
+        # timed beside the dense model, in the milliseconds of the dense latency the plan measured
+        assert saved["latency_ms"] == pytest.approx(saved["latency_ratio"] * plan["dense_cost"])
+        assert saved["latency_measured_ms"] > 0 and float(row["latency_ms"]) == pytest.approx(
+            saved["latency_ms"]
+        )
     # Ax judges feasibility on the *measured* latency: a best exactly when some trial measured
     # within the limit (the model's milliseconds are not the loaded machine's), and it is one.
     feasible = {int(row["trial"]) for row in rows if float(row["latency_ms"]) <= limit}
