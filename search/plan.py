@@ -159,7 +159,8 @@ def prepare(spec: SearchSpec, run: RunDir, *, progress: Progress, monitor: Monit
     latency_model = None
     if spec.budget.metric == "latency_ms":
         monitor.phase("latency model", unit="measurements")
-        latency_model, dense_cost = _latency_model(spec, base, scores, progress=progress, monitor=monitor)
+        latency_model = _latency_model(spec, base, scores, progress=progress, monitor=monitor)
+        dense_cost = latency_model.dense_ms  # measured with the calibration policies
     else:
         dense_cost = cost_function(spec.budget.metric)(dense_policy)
     budget = Budget(spec.budget.metric, spec.budget.limit(dense_cost))
@@ -210,7 +211,7 @@ def check_latency_budget(budget: Budget, model: LatencyModel, dense: Policy) -> 
 
 def _latency_model(
     spec: SearchSpec, base: Architecture, scores: Scores, *, progress: Progress, monitor: Monitor
-) -> tuple[LatencyModel, float]:
+) -> LatencyModel:
     """Fit the latency model on the trial device: a Ray task with the trials' own resources (a GPU
     worker on a cluster whose head has none), so the model describes where trials run. The task
     streams its progress back through a Ray queue."""
@@ -229,21 +230,19 @@ def _latency_model(
     while not ray.wait([pending], timeout=0.5)[0]:
         drain()
     drain()  # the steps sent after the last wait
-    model, dense_ms, device = ray.get(pending)
+    model = ray.get(pending)
     steps.shutdown()
     progress(
-        f"latency model on {device}: held-out error {model.holdout_error:.1%} on 8 policies; "
-        f"dense model {dense_ms:.2f} ms at batch {spec.budget.batch_size}"
+        f"latency model on {model.device}: held-out error {model.holdout_error:.1%} on 8 policies; "
+        f"dense model {model.dense_ms:.2f} ms at batch {spec.budget.batch_size}"
     )
-    return model, dense_ms
+    return model
 
 
-def _fit_latency_model(
-    spec: SearchSpec, base: Architecture, scores: Scores, steps: Any
-) -> tuple[LatencyModel, float, str]:
-    """Runs in the Ray task: fit, check on held-out policies, and measure the dense model."""
+def _fit_latency_model(spec: SearchSpec, base: Architecture, scores: Scores, steps: Any) -> LatencyModel:
+    """Runs in the Ray task: fit (the dense model measured with the calibration policies) and
+    check on held-out policies."""
     from vitprune.evaluators.latency_model import fit_latency_model, sample_policies
-    from vitprune.evaluators.measure import device_name
     from vitprune.evaluators.trial import resolve_device
 
     dense_policy = Policy.keep_all(base)
@@ -267,8 +266,7 @@ def _fit_latency_model(
         on_step=lambda done, total: steps.put_nowait((done, total)),
         embed="embed" in space.dimensions,
     )
-    assert model.dense_ms is not None  # fit_latency_model measures it with the calibration policies
-    return model, model.dense_ms, device_name(device)
+    return model
 
 
 def provenance(plan: Plan) -> dict[str, Any]:
